@@ -1,0 +1,103 @@
+"""The result object every LLC estimate returns, whatever the backend."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Diagnostics:
+    """Convergence diagnostics of one estimate.
+
+    ``r_hat`` and ``ess`` are computed on the post-burn-in loss traces of the chains that did not
+    diverge (split R-hat, Vehtari et al. 2021; ESS summed over chains). ``drift`` is, per chain,
+    (mean of the last third − mean of the first third) / (pooled standard deviation) of the trace.
+    ``diverged`` lists ``(chain, draw)`` for every chain excluded because its loss went non-finite
+    or exploded; ``warnings`` are plain-language sentences for people.
+    """
+
+    r_hat: float = float("nan")
+    ess: float = float("nan")
+    drift: list[float] = field(default_factory=list)
+    diverged: list[tuple[int, int]] = field(default_factory=list)
+    num_used_chains: int = 0
+    warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_diverged(self) -> int:
+        return len(self.diverged)
+
+
+@dataclass
+class LLCResult:
+    """A local learning coefficient estimate at w*.
+
+    λ̂ = nβ · (E[L_n(w)] − L_n(w*)), E over the localised tempered posterior
+    ∝ exp(−nβ·L_n(w) − γ/2·‖w − w*‖²) (Lau et al. 2023). ``llc_mean`` and ``llc_std`` are the
+    mean and standard deviation across the non-diverged chains (dimensionless, in units of the
+    learning coefficient λ); ``llc_per_chain`` has NaN for diverged chains. ``loss_trace`` is the
+    sampled loss per draw (chains × draws, after burn-in, in the loss function's own units).
+    """
+
+    llc_mean: float
+    llc_std: float
+    llc_per_chain: np.ndarray
+    loss_trace: np.ndarray
+    init_loss: float
+    step_size: float
+    nbeta: float
+    localization: float
+    num_chains: int
+    num_draws: int
+    num_burnin: int
+    batch_size: int
+    n: int
+    sampler: str
+    backend: str
+    diagnostics: Diagnostics
+    wall_time_s: float
+    extrapolation: dict[str, Any] | None = None
+
+    @property
+    def llc_stderr(self) -> float:
+        """Standard error of ``llc_mean`` across chains (std / √chains used)."""
+        used = max(self.diagnostics.num_used_chains, 1)
+        return float(self.llc_std / np.sqrt(used))
+
+    def to_dict(self, include_trace: bool = True) -> dict[str, Any]:
+        """JSON-ready dictionary (NaN kept as float NaN; arrays become lists)."""
+        out = asdict(self)
+        out["llc_per_chain"] = [float(x) for x in np.asarray(self.llc_per_chain)]
+        if include_trace:
+            out["loss_trace"] = np.asarray(self.loss_trace).tolist()
+        else:
+            out.pop("loss_trace")
+        out["llc_stderr"] = self.llc_stderr
+        out["diagnostics"]["diverged"] = [list(x) for x in self.diagnostics.diverged]
+        return out
+
+    def to_pandas(self):
+        """Long-format DataFrame of the loss traces: one row per (chain, draw)."""
+        import pandas as pd
+
+        trace = np.asarray(self.loss_trace)
+        chains, draws = trace.shape
+        return pd.DataFrame(
+            {
+                "chain": np.repeat(np.arange(chains), draws),
+                "draw": np.tile(np.arange(draws), chains),
+                "loss": trace.reshape(-1),
+                "llc_chain": np.repeat(np.asarray(self.llc_per_chain, dtype=float), draws),
+            }
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LLCResult(llc={self.llc_mean:.4g} ± {self.llc_std:.3g} over "
+            f"{self.diagnostics.num_used_chains}/{self.num_chains} chains, sampler={self.sampler}, "
+            f"step_size={self.step_size:.3g}, nbeta={self.nbeta:.4g}, warnings={len(self.diagnostics.warnings)})"
+        )
