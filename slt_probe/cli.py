@@ -12,7 +12,6 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "slt_probe.estimators.cli",
 )
 
 

@@ -1,0 +1,135 @@
+"""Automatic step size from the local geometry (``step_size="auto"``).
+
+SGLD's relative discretisation bias along a direction of curvature a is ≈ εa/4 and it diverges
+for εa ≥ 4, so ε is set from a_max, the largest curvature of the potential
+U = nβ·L_n + γ/2·‖w − w*‖², measured by power iteration on Hessian-vector products:
+ε = accuracy / a_max. At singular points the curvature grows away from w* (moving along a flat
+valley of a deep linear network stiffens the directions across it), so a_max is measured again
+at the end of short pilot chains and ε shrinks until the curvature the chains actually meet is
+covered, and the pilots neither diverge nor drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import grad, jvp
+
+from slt_probe.sampling.functional import FlatModel
+
+_CURVATURE_BATCH = 2048  # examples used for Hessian-vector products: enough for λ_max to a few %
+
+
+def top_curvature(
+    flat: FlatModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    position: torch.Tensor,
+    *,
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Largest-magnitude eigenvalue of ∇²L (the loss Hessian) at ``position`` by power iteration
+    (forward-over-reverse HVPs on at most 2,048 examples). Units: loss / parameter²."""
+    n = x.shape[0]
+    if n > _CURVATURE_BATCH:
+        idx = torch.randperm(n, generator=generator)[:_CURVATURE_BATCH].to(x.device)
+        x, y = x[idx], y[idx]
+    g = grad(lambda w: flat.loss(w, x, y))
+    v = torch.randn(flat.dim, generator=generator, dtype=flat.dtype).to(flat.device)
+    v /= v.norm()
+    eig = 0.0
+    for _ in range(iters):
+        _, hv = jvp(g, (position,), (v,))
+        eig = float(torch.dot(hv, v))
+        norm = hv.norm()
+        if not torch.isfinite(norm) or norm == 0:
+            break
+        v = hv / norm
+    return abs(eig)
+
+
+@dataclass
+class Calibration:
+    """What ``step_size="auto"`` chose and why (stored in ``diagnostics.calibration``)."""
+
+    step_size: float
+    accuracy: float
+    curvature_at_w_star: float
+    curvatures_seen: list[float] = field(default_factory=list)
+    pilots: list[dict] = field(default_factory=list)
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "step_size": self.step_size,
+            "accuracy": self.accuracy,
+            "curvature_at_w_star": self.curvature_at_w_star,
+            "curvatures_seen": self.curvatures_seen,
+            "pilots": self.pilots,
+            "reason": self.reason,
+        }
+
+
+def calibrate_step_size(
+    kernel_cls,
+    flat: FlatModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    nbeta: float,
+    localization: float,
+    run_pilot,
+    accuracy: float = 0.02,
+    max_rounds: int = 4,
+    generator: torch.Generator,
+) -> Calibration:
+    """Choose the step size for ``kernel_cls`` (see module docstring).
+
+    ``run_pilot(step_size) -> (final_positions [C, d], diverged: bool, drift: float)`` runs short
+    chains from w*; ``accuracy`` is the target ε·a_max (relative bias ≈ accuracy/4).
+    """
+    h0 = top_curvature(flat, x, y, flat.w_star, generator=generator)
+    a_max = nbeta * h0 + localization
+    if not math.isfinite(a_max) or a_max <= 0:
+        raise ValueError(
+            f"could not measure the curvature at w* (got {a_max}); pass an explicit step_size"
+        )
+    cal = Calibration(
+        step_size=kernel_cls.auto_step_size(a_max, accuracy),
+        accuracy=accuracy,
+        curvature_at_w_star=a_max,
+    )
+    reasons = [f"a_max = nβ·λ_max(∇²L_n) + γ = {a_max:.4g} at w*"]
+    for _ in range(max_rounds):
+        eps = kernel_cls.auto_step_size(a_max, accuracy)
+        positions, diverged, drift = run_pilot(eps)
+        seen = 0.0
+        if not diverged:
+            # The chain that moved furthest from w* meets the stiffest geometry.
+            far = int(torch.argmax((positions - flat.w_star).norm(dim=1)))
+            seen = (
+                nbeta * top_curvature(flat, x, y, positions[far], iters=12, generator=generator)
+                + localization
+            )
+        cal.pilots.append(
+            {"step_size": eps, "diverged": diverged, "curvature_seen": seen, "drift": drift}
+        )
+        cal.curvatures_seen.append(seen)
+        cal.step_size = eps
+        if diverged:
+            a_max *= 4.0
+            reasons.append(f"pilot at ε={eps:.3g} diverged: ε/4")
+            continue
+        if seen > 1.25 * a_max:
+            reasons.append(f"pilot chains met curvature {seen:.4g} > {a_max:.4g}: ε rescaled")
+            a_max = seen
+            continue
+        reasons.append(f"pilot at ε={eps:.3g} stable (curvature met {seen:.4g})")
+        break
+    else:
+        reasons.append("calibration stopped after the maximum number of rounds")
+    cal.reason = "; ".join(reasons)
+    return cal

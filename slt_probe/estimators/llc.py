@@ -1,0 +1,516 @@
+"""The local learning coefficient estimator (Lau, Furman, Wang, Murfet, Wei 2023).
+
+    λ̂(w*) = nβ · (E_w[L_n(w)] − L_n(w*)),
+    w ~ p(w) ∝ exp(−nβ·L_n(w) − (γ/2)·‖w − w*‖²),   nβ = n / log n by default,
+
+with E_w the mean minibatch loss over post-burn-in SG-MCMC draws, per chain. λ̂ is
+dimensionless (a learning coefficient: half an effective parameter count).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt_probe.estimators.calibration import Calibration, calibrate_step_size
+from slt_probe.estimators.diagnostics import compute_diagnostics, trace_drift
+from slt_probe.estimators.inputs import (
+    as_tensors,
+    check_model_for_vmap,
+    check_scalar_loss,
+    resolve_batch_size,
+)
+from slt_probe.estimators.result import Diagnostics, LLCResult
+from slt_probe.sampling.driver import ChainTrace, run_chains
+from slt_probe.sampling.functional import FlatModel
+from slt_probe.sampling.kernels import KERNELS, KernelConfig, make_kernel
+
+BACKENDS = ("vmap", "devinterp")
+
+
+def default_nbeta(n: int) -> float:
+    """nβ* = n / log n (Watanabe's β* = 1/log n times the dataset size n)."""
+    if n < 2:
+        raise ValueError(f"need at least 2 examples for nβ = n/log n, got n={n}")
+    return n / math.log(n)
+
+
+def _divergence_threshold(init_loss: float, nbeta: float, dim: int, noise_scale: float) -> float:
+    """A loss no healthy chain reaches: nβ·(L − L*) above 100·d (200× the largest possible λ)
+    plus 20 minibatch-noise standard deviations."""
+    return init_loss + (100.0 * dim + 20.0 * noise_scale) / nbeta
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn,
+    data,
+    *,
+    sampler: str = "sgld",
+    step_size: float | str = "auto",
+    localization: float = 1.0,
+    nbeta: float | None = None,
+    num_chains: int = 4,
+    num_draws: int = 2000,
+    num_burnin: int = 2000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    backend: str = "vmap",
+    device: str | torch.device | None = None,
+    extrapolate: bool | list[float] = False,
+    shared_batch: bool = True,
+    paired: bool = True,
+    accuracy: float = 0.2,
+    sampler_options: dict[str, Any] | None = None,
+) -> LLCResult:
+    """Estimate λ̂ at the model's current parameters w* (see module docstring).
+
+    Parameters
+    ----------
+    model: any ``nn.Module``; its trainable parameters at call time are w*. Never modified.
+    loss_fn: ``loss_fn(output, target) -> scalar`` mean loss over a batch.
+    data: ``(X, Y)`` tensors, a map-style ``Dataset`` or a ``DataLoader`` (its dataset is used;
+        n is the dataset size).
+    sampler: ``"sgld"`` (default), ``"sgnht"`` or ``"rmsprop_sgld"``.
+    step_size: ε (> 0), or ``"auto"``: ε = accuracy / a_max from the curvature of the potential
+        at w* and at pilot chains (see :mod:`slt_probe.estimators.calibration`).
+    localization: γ, the strength of the pull back to w* (units 1/parameter²).
+    nbeta: inverse temperature times n; default n / log n.
+    num_chains, num_draws, num_burnin: chains, recorded draws and discarded steps per chain.
+    batch_size: minibatch size m (default: the DataLoader's, else min(n, 256)).
+    seed: seeds the noise and the minibatches (reproducible).
+    backend: ``"vmap"`` (all chains in one batched computation) or ``"devinterp"`` (devinterp
+        1.3.2's own estimator, chain after chain, as the reference).
+    device: where to sample (default: the model's device).
+    extrapolate: ``True`` runs ε and ε/2 (a list gives the factors, e.g. [1, 0.5, 0.25]) and
+        extrapolates λ̂ linearly to ε → 0, removing the first-order discretisation bias.
+    shared_batch: all chains see the same minibatch each step (faster; correlates the chains'
+        minibatch noise).
+    paired: evaluate w* on every minibatch too and average L_m(w_t) − L_m(w*) instead of
+        L_m(w_t) − L_n(w*). Same expectation (the minibatch at step t is drawn independently of
+        w_t), but the minibatch noise, which otherwise dominates the spread of λ̂, cancels. Costs
+        one forward pass per step.
+    accuracy: target ε·a_max for ``step_size="auto"`` (relative bias ≈ accuracy/4).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if sampler not in KERNELS:
+        raise ValueError(f"sampler must be one of {sorted(KERNELS)}, got {sampler!r}")
+    for name, value, low in (
+        ("num_chains", num_chains, 1),
+        ("num_draws", num_draws, 1),
+        ("num_burnin", num_burnin, 0),
+    ):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
+    elif not (step_size > 0 and math.isfinite(step_size)):
+        raise ValueError(
+            f"step_size must be a positive finite number, got {step_size}; "
+            "or pass step_size='auto' to calibrate it from the local curvature."
+        )
+    if localization < 0:
+        raise ValueError(f"localization (γ) must be >= 0, got {localization}")
+
+    if backend == "devinterp":
+        from slt_probe.estimators.devinterp_backend import estimate_llc_devinterp
+
+        return estimate_llc_devinterp(
+            model,
+            loss_fn,
+            data,
+            sampler=sampler,
+            step_size=step_size,
+            localization=localization,
+            nbeta=nbeta,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            accuracy=accuracy,
+        )
+
+    check_model_for_vmap(model)
+    factors = _extrapolation_factors(extrapolate)
+    start = time.perf_counter()
+    problem = Problem.build(
+        model,
+        loss_fn,
+        data,
+        sampler=sampler,
+        localization=localization,
+        nbeta=nbeta,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        shared_batch=shared_batch,
+        paired=paired,
+        sampler_options=sampler_options,
+    )
+    init_loss, nbeta = problem.init_loss, problem.nbeta
+    calibration: dict[str, Any] = {}
+    if step_size == "auto":
+        cal = problem.calibrate(num_chains=num_chains, num_burnin=num_burnin, accuracy=accuracy)
+        eps = cal.step_size
+        calibration = cal.as_dict()
+    else:
+        eps = float(step_size)
+    chains = problem.chains
+
+    runs = []
+    for f in factors:
+        trace = chains(eps * f, num_burnin + num_draws, seed, num_chains)
+        runs.append((eps * f, trace))
+    eps_used, trace = runs[0] if len(runs) == 1 else runs[-1]
+
+    losses, excess, llc_per_chain = _chain_llc(trace, init_loss, nbeta, num_burnin)
+    diverged_at = trace.diverged_at.numpy()
+    diagnostics = compute_diagnostics(
+        excess, llc_per_chain, diverged_at, nbeta=nbeta, num_burnin=num_burnin
+    )
+    diagnostics.calibration = calibration
+
+    extrapolation = None
+    if len(runs) > 1:
+        extrapolation, llc_per_chain = _extrapolate(runs, init_loss, nbeta, num_burnin)
+        diagnostics.num_used_chains = int(np.isfinite(llc_per_chain).sum())
+        eps_used = eps
+
+    used = llc_per_chain[np.isfinite(llc_per_chain)]
+    llc_mean = float(np.mean(used)) if used.size else float("nan")
+    llc_std = float(np.std(used, ddof=1)) if used.size > 1 else (0.0 if used.size else float("nan"))
+    return LLCResult(
+        llc_mean=llc_mean,
+        llc_std=llc_std,
+        llc_per_chain=llc_per_chain,
+        loss_trace=losses,
+        init_loss=init_loss,
+        step_size=eps_used,
+        nbeta=nbeta,
+        localization=localization,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        batch_size=problem.batch_size,
+        n=problem.n,
+        sampler=sampler,
+        backend="vmap",
+        diagnostics=diagnostics,
+        wall_time_s=time.perf_counter() - start,
+        extrapolation=extrapolation,
+    )
+
+
+@dataclass
+class Problem:
+    """Everything fixed for one estimate: the flat model, the data, nβ, γ, L_n(w*), the sampler.
+
+    ``chains(ε, steps, seed, count)`` runs ``count`` chains from w*; ``calibrate`` picks ε.
+    """
+
+    flat: FlatModel
+    x: torch.Tensor
+    y: torch.Tensor
+    n: int
+    batch_size: int
+    nbeta: float
+    localization: float
+    init_loss: float
+    divergence_threshold: float
+    sampler: str
+    sampler_options: dict
+    shared_batch: bool
+    paired: bool
+    seed: int
+
+    @classmethod
+    def build(
+        cls,
+        model,
+        loss_fn,
+        data,
+        *,
+        sampler="sgld",
+        localization=1.0,
+        nbeta=None,
+        batch_size=None,
+        seed=0,
+        device=None,
+        shared_batch=True,
+        paired=True,
+        sampler_options=None,
+    ) -> Problem:
+        x, y = as_tensors(data)
+        n = x.shape[0]
+        m = resolve_batch_size(batch_size, n, data)
+        nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
+        if not nbeta > 0:
+            raise ValueError(f"nbeta must be > 0, got {nbeta}")
+        flat = FlatModel(model, loss_fn, device=device)
+        x, y = x.to(flat.device), y.to(flat.device)
+        if x.is_floating_point() and x.dtype != flat.dtype:
+            x = x.to(flat.dtype)
+        check_scalar_loss(flat.loss(flat.w_star, x[: min(n, 8)], y[: min(n, 8)]))
+        init_loss = flat.full_loss(flat.w_star, x, y)
+        if not math.isfinite(init_loss):
+            raise ValueError(
+                f"the loss at w* is {init_loss}: the model's parameters or outputs are not finite "
+                "(NaN at w*), so there is no basin to measure."
+            )
+        noise = _minibatch_noise(flat, x, y, m, nbeta, torch.Generator().manual_seed(int(seed)))
+        return cls(
+            flat=flat,
+            x=x,
+            y=y,
+            n=n,
+            batch_size=m,
+            nbeta=nbeta,
+            localization=float(localization),
+            init_loss=init_loss,
+            divergence_threshold=_divergence_threshold(init_loss, nbeta, flat.dim, noise),
+            sampler=sampler,
+            sampler_options=dict(sampler_options or {}),
+            shared_batch=shared_batch,
+            paired=paired,
+            seed=int(seed),
+        )
+
+    def chains(self, eps: float, steps: int, seed: int, count: int) -> ChainTrace:
+        config = KernelConfig(
+            step_size=eps, nbeta=self.nbeta, localization=self.localization, center=self.flat.w_star
+        )
+        kernel = make_kernel(self.sampler, config, **self.sampler_options)
+        return run_chains(
+            kernel,
+            self.flat,
+            self.x,
+            self.y,
+            num_chains=count,
+            num_steps=steps,
+            batch_size=self.batch_size,
+            generator=torch.Generator().manual_seed(int(seed)),
+            shared_batch=self.shared_batch,
+            divergence_threshold=self.divergence_threshold,
+            paired_reference=self.paired and self.batch_size < self.n,
+        )
+
+    def calibrate(self, *, num_chains: int, num_burnin: int, accuracy: float) -> Calibration:
+        pilot_steps = int(min(max(num_burnin // 4, 100), 500))
+
+        def run_pilot(eps: float):
+            trace = self.chains(eps, pilot_steps, self.seed + 7919, min(num_chains, 4))
+            diverged = bool((trace.diverged_at >= 0).any())
+            half = trace.losses[:, pilot_steps // 2 :].numpy()
+            drift = float(np.mean(trace_drift(half, self.nbeta))) if not diverged else float("nan")
+            return trace.final_position, diverged, drift
+
+        return calibrate_step_size(
+            KERNELS[self.sampler],
+            self.flat,
+            self.x,
+            self.y,
+            nbeta=self.nbeta,
+            localization=self.localization,
+            run_pilot=run_pilot,
+            accuracy=accuracy,
+            generator=torch.Generator().manual_seed(self.seed + 1),
+        )
+
+
+def calibrate(
+    model,
+    loss_fn,
+    data,
+    *,
+    sampler="sgld",
+    localization=1.0,
+    nbeta=None,
+    batch_size=None,
+    seed=0,
+    num_chains=4,
+    num_burnin=1000,
+    accuracy=0.2,
+    device=None,
+) -> Calibration:
+    """The step size ``estimate_llc(step_size="auto")`` would choose, with its reasons."""
+    check_model_for_vmap(model)
+    problem = Problem.build(
+        model,
+        loss_fn,
+        data,
+        sampler=sampler,
+        localization=localization,
+        nbeta=nbeta,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+    )
+    return problem.calibrate(num_chains=num_chains, num_burnin=num_burnin, accuracy=accuracy)
+
+
+def _extrapolation_factors(extrapolate) -> list[float]:
+    if extrapolate is False or extrapolate is None:
+        return [1.0]
+    if extrapolate is True:
+        return [1.0, 0.5]
+    factors = [float(f) for f in extrapolate]
+    if len(factors) < 2 or any(f <= 0 for f in factors):
+        raise ValueError(
+            f"extrapolate must be True or a list of >= 2 positive step-size factors, got {extrapolate}"
+        )
+    return factors
+
+
+def _extrapolate(runs, init_loss: float, nbeta: float, num_burnin: int):
+    """Per chain, fit λ̂(ε) = λ̂₀ + s·ε by least squares over the runs and keep λ̂₀.
+
+    The discretisation bias of SGLD is ≈ linear in ε for small ε, so λ̂₀ removes its first-order
+    part. Chains that diverged at any step size are excluded.
+    """
+    eps = np.array([e for e, _ in runs])
+    per_run = [_chain_llc(trace, init_loss, nbeta, num_burnin)[2] for _, trace in runs]
+    table = np.stack(per_run)  # [runs, chains]
+    design = np.stack([np.ones_like(eps), eps], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.nan_to_num(table), rcond=None)
+    intercept = coef[0]
+    intercept[~np.isfinite(table).all(axis=0)] = np.nan
+    info = {
+        "step_sizes": eps.tolist(),
+        "llc_mean_per_step_size": [float(np.nanmean(r)) for r in per_run],
+        "slope_per_unit_step": float(np.nanmean(np.where(np.isfinite(intercept), coef[1], np.nan))),
+        "llc_extrapolated": float(np.nanmean(intercept)),
+    }
+    return info, intercept
+
+
+def _chain_llc(trace, init_loss: float, nbeta: float, num_burnin: int):
+    """Post-burn-in losses ``[C, T]``, excess losses L_m(w_t) − L(w*) ``[C, T]`` (paired with the
+    same minibatch when the trace has reference losses) and λ̂ per chain (NaN if diverged)."""
+    losses = trace.losses[:, num_burnin:].to(torch.float64).numpy()
+    if trace.reference_losses is not None:
+        excess = losses - trace.reference_losses[:, num_burnin:].to(torch.float64).numpy()
+    else:
+        excess = losses - init_loss
+    llc = nbeta * excess.mean(axis=1)
+    llc[trace.diverged_at.numpy() >= 0] = np.nan
+    return losses, excess, llc
+
+
+def _minibatch_noise(flat: FlatModel, x, y, m: int, nbeta: float, generator) -> float:
+    """nβ × the standard deviation of the minibatch loss at w* (a few batches): the scale of the
+    per-draw noise in nβ·L_m, used to tell noise from divergence."""
+    n = x.shape[0]
+    if m >= n:
+        return 0.0
+    vals = []
+    with torch.no_grad():
+        for _ in range(8):
+            idx = torch.randint(n, (m,), generator=generator).to(x.device)
+            vals.append(float(flat.loss(flat.w_star, x[idx], y[idx])))
+    return nbeta * float(np.std(vals))
+
+
+class LLCEstimator:
+    """Stateful λ̂ for people who drive their own sampling loop (like devinterp's callbacks).
+
+    >>> est = LLCEstimator(num_chains=4, num_draws=200, nbeta=nbeta, init_loss=L0)
+    >>> for draw in range(200):
+    ...     for chain in range(4):
+    ...         est.update(chain, draw, loss_of_that_chain_at_that_draw)
+    >>> res = est.result()
+
+    ``update`` also takes a whole draw at once: ``est.update_all(draw, losses[C])``.
+    λ̂_c = nβ·(mean_t L_c,t − L_n(w*)); non-finite losses mark the chain diverged from that draw.
+    """
+
+    def __init__(
+        self,
+        num_chains: int,
+        num_draws: int,
+        nbeta: float,
+        init_loss: float,
+        *,
+        num_burnin: int = 0,
+    ):
+        if num_chains < 1 or num_draws < 1:
+            raise ValueError(
+                f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}"
+            )
+        if not math.isfinite(init_loss):
+            raise ValueError(f"init_loss must be finite, got {init_loss}")
+        self.num_chains, self.num_draws = int(num_chains), int(num_draws)
+        self.nbeta, self.init_loss, self.num_burnin = (
+            float(nbeta),
+            float(init_loss),
+            int(num_burnin),
+        )
+        self.losses = np.full((self.num_chains, self.num_draws), np.nan)
+        self._filled = np.zeros((self.num_chains, self.num_draws), dtype=bool)
+        self._start = time.perf_counter()
+
+    def update(self, chain: int, draw: int, loss) -> None:
+        if not (0 <= chain < self.num_chains and 0 <= draw < self.num_draws):
+            raise IndexError(
+                f"(chain, draw)=({chain}, {draw}) outside ({self.num_chains}, {self.num_draws})"
+            )
+        self.losses[chain, draw] = float(loss)
+        self._filled[chain, draw] = True
+
+    def update_all(self, draw: int, losses) -> None:
+        values = np.asarray(torch.as_tensor(losses).detach().cpu(), dtype=float).reshape(-1)
+        if values.size != self.num_chains:
+            raise ValueError(
+                f"expected {self.num_chains} losses for draw {draw}, got {values.size}"
+            )
+        for c, v in enumerate(values):
+            self.update(c, draw, v)
+
+    def result(self, **hyperparameters) -> LLCResult:
+        done = self._filled.all(axis=0)
+        draws = int(np.cumprod(done).sum())  # leading draws every chain has reported
+        trace = self.losses[:, :draws]
+        bad = ~np.isfinite(trace)
+        diverged_at = np.where(bad.any(axis=1), bad.argmax(axis=1) + self.num_burnin, -1)
+        llc = (
+            self.nbeta * (np.mean(trace, axis=1) - self.init_loss)
+            if draws
+            else np.full(self.num_chains, np.nan)
+        )
+        llc[diverged_at >= 0] = np.nan
+        diag = (
+            compute_diagnostics(
+                trace, llc, diverged_at, nbeta=self.nbeta, num_burnin=self.num_burnin
+            )
+            if draws
+            else Diagnostics()
+        )
+        used = llc[np.isfinite(llc)]
+        return LLCResult(
+            llc_mean=float(np.mean(used)) if used.size else float("nan"),
+            llc_std=float(np.std(used, ddof=1)) if used.size > 1 else 0.0,
+            llc_per_chain=llc,
+            loss_trace=trace,
+            init_loss=self.init_loss,
+            step_size=float(hyperparameters.get("step_size", float("nan"))),
+            nbeta=self.nbeta,
+            localization=float(hyperparameters.get("localization", float("nan"))),
+            num_chains=self.num_chains,
+            num_draws=draws,
+            num_burnin=self.num_burnin,
+            batch_size=int(hyperparameters.get("batch_size", 0)),
+            n=int(hyperparameters.get("n", 0)),
+            sampler=str(hyperparameters.get("sampler", "user")),
+            backend="user",
+            diagnostics=diag,
+            wall_time_s=time.perf_counter() - self._start,
+        )

@@ -1,0 +1,190 @@
+"""SG-MCMC kernels over a stacked state of C chains (blackjax style: ``init`` then ``step``).
+
+Every kernel samples the localised tempered posterior
+
+    p(w) ∝ exp(−U(w)),   U(w) = nβ·L_n(w) + (γ/2)·‖w − w*‖²,
+
+from minibatch gradients ∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*). Positions are ``[C, d]`` tensors
+(one row per chain), so one code path serves one chain or a thousand. Kernels never compute
+gradients themselves: the driver passes ∇L_m at the current position, which keeps them pure
+tensor arithmetic and independent of the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class SamplerState:
+    """Per-chain sampler state; unused fields stay ``None``."""
+
+    position: torch.Tensor  # [C, d]
+    momentum: torch.Tensor | None = None  # [C, d] (SGNHT)
+    thermostat: torch.Tensor | None = None  # [C, 1] (SGNHT)
+    second_moment: torch.Tensor | None = None  # [C, d] (RMSProp-SGLD)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Hyperparameters shared by every kernel: step size ε, nβ, γ and the centre w*."""
+
+    step_size: float
+    nbeta: float
+    localization: float
+    center: torch.Tensor  # [d]
+
+    def potential_grad(self, position: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+        """∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*)."""
+        drift = grad_loss * self.nbeta
+        if self.localization:
+            drift = drift.add_(position - self.center, alpha=self.localization)
+        return drift
+
+
+def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+class SGLD:
+    """Stochastic-gradient Langevin dynamics in the form of Lau et al. (2023):
+
+        Δw = −(ε/2)·∇U_m(w) + N(0, ε·I).
+
+    Stable for ε·a_max < 4 (a_max the largest curvature of U); the stationary variance along a
+    direction of curvature a is 1/(a·(1 − εa/4)), so the relative discretisation bias is ≈ εa/4.
+    """
+
+    name = "sgld"
+
+    def __init__(self, config: KernelConfig):
+        self.config = config
+
+    def init(self, position: torch.Tensor) -> SamplerState:
+        return SamplerState(position=position)
+
+    @staticmethod
+    def auto_step_size(a_max: float, accuracy: float) -> float:
+        """ε = accuracy / a_max: relative bias ≈ accuracy/4 in the stiffest direction."""
+        return accuracy / a_max
+
+    def step(
+        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+    ) -> SamplerState:
+        eps = self.config.step_size
+        w = state.position
+        drift = self.config.potential_grad(w, grad_loss)
+        w = w.add(drift, alpha=-0.5 * eps).add_(_noise(w, generator), alpha=math.sqrt(eps))
+        return replace(state, position=w)
+
+
+class SGNHT:
+    """Stochastic-gradient Nosé–Hoover thermostat (Ding et al. 2014), one thermostat per chain:
+
+        p ← p − h·ξ·p − h·∇U_m(w) + N(0, 2Ah·I)
+        w ← w + h·p
+        ξ ← ξ + h·(‖p‖²/d − 1)
+
+    ``step_size`` is the time step h (units of √ε for SGLD: h²·a_max plays the role of ε·a_max);
+    A is the diffusion factor. The thermostat absorbs the unknown minibatch-gradient noise.
+    """
+
+    name = "sgnht"
+
+    def __init__(self, config: KernelConfig, diffusion: float = 0.01):
+        if diffusion <= 0:
+            raise ValueError(f"SGNHT diffusion factor must be > 0, got {diffusion}")
+        self.config = config
+        self.diffusion = diffusion
+
+    def init(self, position: torch.Tensor) -> SamplerState:
+        c = position.shape[0]
+        return SamplerState(
+            position=position,
+            momentum=torch.zeros_like(position),
+            thermostat=torch.full(
+                (c, 1), self.diffusion, dtype=position.dtype, device=position.device
+            ),
+        )
+
+    @staticmethod
+    def auto_step_size(a_max: float, accuracy: float) -> float:
+        """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
+        return math.sqrt(accuracy / a_max)
+
+    def step(
+        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+    ) -> SamplerState:
+        h = self.config.step_size
+        w, p, xi = state.position, state.momentum, state.thermostat
+        drift = self.config.potential_grad(w, grad_loss)
+        p = p - h * xi * p - h * drift + _noise(p, generator) * math.sqrt(2 * self.diffusion * h)
+        w = w + h * p
+        xi = xi + h * (p.pow(2).mean(dim=1, keepdim=True) - 1.0)
+        return replace(state, position=w, momentum=p, thermostat=xi)
+
+
+class RMSPropSGLD:
+    """RMSProp-preconditioned SGLD (Li et al. 2016, pSGLD without the Γ correction):
+
+        V ← α·V + (1 − α)·∇U_m(w)²,   G = 1 / (√V + δ)
+        Δw = −(ε/2)·G ⊙ ∇U_m(w) + N(0, ε·G)
+
+    δ defaults to √γ: along a flat direction the localisation alone sets |∇U| ≈ √γ, so the
+    preconditioner never exceeds what the weakest possible direction calls for (a small δ there
+    lets flat directions take huge noisy steps).
+    """
+
+    name = "rmsprop_sgld"
+
+    def __init__(self, config: KernelConfig, alpha: float = 0.99, delta: float | None = None):
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"RMSProp-SGLD alpha must be in (0, 1), got {alpha}")
+        self.config = config
+        self.alpha = alpha
+        self.delta = delta if delta is not None else max(math.sqrt(config.localization), 1e-3)
+
+    def init(self, position: torch.Tensor) -> SamplerState:
+        return SamplerState(position=position, second_moment=None)
+
+    @staticmethod
+    def auto_step_size(a_max: float, accuracy: float) -> float:
+        """ε = accuracy/√a_max: at equilibrium |∇U| ≈ √a in a direction of curvature a, so
+        G ≈ 1/√a and the preconditioned ε·G·a_max equals ``accuracy``."""
+        return accuracy / math.sqrt(a_max)
+
+    def step(
+        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+    ) -> SamplerState:
+        eps = self.config.step_size
+        w = state.position
+        drift = self.config.potential_grad(w, grad_loss)
+        sq = drift * drift
+        v = (
+            sq
+            if state.second_moment is None
+            else state.second_moment * self.alpha + sq * (1 - self.alpha)
+        )
+        g = 1.0 / (v.sqrt() + self.delta)
+        w = w - 0.5 * eps * g * drift + _noise(w, generator) * (eps * g).sqrt()
+        return replace(state, position=w, second_moment=v)
+
+
+KERNELS = {k.name: k for k in (SGLD, SGNHT, RMSPropSGLD)}
+
+
+def make_kernel(name: str, config: KernelConfig, **options):
+    """Kernel by name: ``"sgld"``, ``"sgnht"`` or ``"rmsprop_sgld"``."""
+    try:
+        cls = KERNELS[name]
+    except KeyError:
+        raise ValueError(f"sampler must be one of {sorted(KERNELS)}, got {name!r}") from None
+    if config.step_size <= 0 or not math.isfinite(config.step_size):
+        raise ValueError(
+            f"step_size must be a positive finite number, got {config.step_size}; "
+            "pass step_size='auto' to calibrate it from the local curvature."
+        )
+    return cls(config, **options)
