@@ -95,6 +95,22 @@ def is_rdb_url(url: str) -> bool:
     return url.startswith(RDB_PREFIXES)
 
 
+def _with_postgres_driver(url: str) -> str:
+    """Name the psycopg2 driver in a bare ``postgresql://`` URL when psycopg 3 is absent.
+
+    SQLAlchemy ≥ 2.1 maps a bare ``postgresql://`` to psycopg 3; this project depends on
+    ``psycopg2-binary`` (so does ``optuna-dashboard``'s usual setup): spell it
+    ``postgresql+psycopg2://`` for tools that do not do this rewrite.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                return "postgresql+psycopg2://" + url[len(bare) :]
+    return url
+
+
 def open_storage(
     url: str, *, heartbeat_interval: int = 10, grace_period: int = 40, max_retry: int = 2
 ) -> BaseStorage:
@@ -108,6 +124,7 @@ def open_storage(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         callback = _RetryCallback(max_retry=max_retry)
     if is_rdb_url(url):
+        url = _with_postgres_driver(url)
         engine_kwargs = {}
         if url.startswith("sqlite"):
             # Several processes on one SQLite file: wait for the write lock instead of failing.
@@ -115,13 +132,15 @@ def open_storage(
         else:
             # Survive a database restart or an idle connection dropped by a firewall.
             engine_kwargs = {"pool_pre_ping": True}
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
     for prefix in ("journal://", "file://"):
         if url.startswith(prefix):
             url = url[len(prefix) :]
