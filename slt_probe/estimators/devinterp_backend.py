@@ -54,10 +54,10 @@ def estimate_llc_devinterp(
     start = time.perf_counter()
     x, y = as_tensors(data)
     n = x.shape[0]
-    m = resolve_batch_size(batch_size, n, data)
     from slt_probe.estimators.llc import Problem, default_nbeta
 
     nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
+    m = resolve_batch_size(batch_size, n, data, nbeta)
     problem = Problem.build(
         model,
         loss_fn,
@@ -76,7 +76,8 @@ def estimate_llc_devinterp(
     kwargs = {"lr": float(step_size), "localization": float(localization), "nbeta": nbeta}
     if sampler == "rmsprop_sgld":
         method = SGMCMC.rmsprop_sgld
-        kwargs["eps"] = max(math.sqrt(localization), 1e-3)  # the same δ as our RMSPropSGLD
+        # the same δ and α as our RMSPropSGLD
+        kwargs.update(eps=max(math.sqrt(localization), 1e-3), alpha=0.999)
     else:
         method = SGMCMC.sgld
 

@@ -4,6 +4,8 @@ errors that name the problem and the fix."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -73,11 +75,16 @@ def check_scalar_loss(loss: torch.Tensor) -> None:
         )
 
 
-def resolve_batch_size(batch_size: int | None, n: int, data) -> int:
+def resolve_batch_size(batch_size: int | None, n: int, data, nbeta: float | None = None) -> int:
+    """The minibatch size m: the user's, else the DataLoader's, else max(256, ⌈nβ⌉) capped at n.
+
+    m ≥ nβ keeps the minibatch-gradient part of the discretisation bias (∝ ε·nβ/m) no larger
+    than the exact-gradient part, so the auto step size need not shrink much for it.
+    """
     if batch_size is None:
         if isinstance(data, DataLoader) and data.batch_size:
             return int(data.batch_size)
-        return min(n, 256)
+        return min(n, max(256, math.ceil(nbeta or 0)))
     if int(batch_size) != batch_size or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     return int(min(batch_size, n))

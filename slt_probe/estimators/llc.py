@@ -252,8 +252,8 @@ class Problem:
     ) -> Problem:
         x, y = as_tensors(data)
         n = x.shape[0]
-        m = resolve_batch_size(batch_size, n, data)
         nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
+        m = resolve_batch_size(batch_size, n, data, nbeta)
         if not nbeta > 0:
             raise ValueError(f"nbeta must be > 0, got {nbeta}")
         flat = FlatModel(model, loss_fn, device=device)
@@ -284,6 +284,11 @@ class Problem:
             paired=paired,
             seed=int(seed),
         )
+
+    @property
+    def minibatch_factor(self) -> float:
+        """nβ/m for minibatch sampling, 0 for full-batch gradients."""
+        return self.nbeta / self.batch_size if self.batch_size < self.n else 0.0
 
     def chains(self, eps: float, steps: int, seed: int, count: int) -> ChainTrace:
         config = KernelConfig(
@@ -322,7 +327,9 @@ class Problem:
             nbeta=self.nbeta,
             localization=self.localization,
             run_pilot=run_pilot,
-            accuracy=accuracy,
+            # Minibatch gradients add (ε²/4)·nβ²·Var(∇L_m) of variance per step on top of the
+            # injected ε: a factor ≈ nβ/m more bias than exact gradients give, so ε shrinks by it.
+            accuracy=accuracy / (1.0 + self.minibatch_factor),
             generator=torch.Generator().manual_seed(self.seed + 1),
         )
 

@@ -135,12 +135,14 @@ class RMSPropSGLD:
 
     δ defaults to √γ: along a flat direction the localisation alone sets |∇U| ≈ √γ, so the
     preconditioner never exceeds what the weakest possible direction calls for (a small δ there
-    lets flat directions take huge noisy steps).
+    lets flat directions take huge noisy steps). α defaults to 0.999, not RMSProp's usual 0.99:
+    without the Γ correction a preconditioner that follows the chain's position biases the
+    stationary variance (measured on a Gaussian: +34 % at α = 0.99, +5 % at 0.999).
     """
 
     name = "rmsprop_sgld"
 
-    def __init__(self, config: KernelConfig, alpha: float = 0.99, delta: float | None = None):
+    def __init__(self, config: KernelConfig, alpha: float = 0.999, delta: float | None = None):
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"RMSProp-SGLD alpha must be in (0, 1), got {alpha}")
         self.config = config

@@ -1,0 +1,233 @@
+"""estimate_llc against known learning coefficients, its contracts and its error messages."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from slt_probe import LLCEstimator, LLCResult, default_nbeta, estimate_llc
+
+
+def half_sq(out, y):
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+def linear_regression(d_in=4, d_out=2, n=4000, seed=0):
+    """A regular model at its least-squares minimiser: λ = d/2 (weights + biases)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g)
+    y = x @ torch.randn(d_in, d_out, generator=g) + torch.randn(n, d_out, generator=g)
+    model = nn.Linear(d_in, d_out)
+    xb = torch.cat([x, torch.ones(n, 1)], 1)
+    sol = torch.linalg.lstsq(xb, y).solution
+    with torch.no_grad():
+        model.weight.copy_(sol[:d_in].T)
+        model.bias.copy_(sol[d_in])
+    return model, (x, y), (d_in + 1) * d_out / 2
+
+
+class Crossing(nn.Module):
+    """f(x) = w1·w2²·x: K(w) ∝ w1²·w2⁴, a normal crossing with λ = min(1/2, 1/4) = 1/4 and
+    multiplicity 1 at w = 0 (multiplicity 1 keeps the finite-n correction small: with m = 2,
+    as for (w1 w2)², E[nβK] is lowered by about (m − 1)/log(nβ))."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return self.w[0] * self.w[1] ** 2 * x
+
+
+def test_regular_model_llc_is_half_the_parameter_count():
+    model, data, truth = linear_regression()
+    res = estimate_llc(model, half_sq, data, num_draws=1000, num_burnin=500, seed=1)
+    assert res.llc_mean == pytest.approx(truth, rel=0.1)
+    assert res.diagnostics.num_used_chains == 4
+    assert res.diagnostics.r_hat < 1.1
+
+
+def test_normal_crossing_llc_is_one_quarter():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, generator=g)
+    y = torch.randn(4000, 1, generator=g)  # truth f = 0: w* = 0 sits on the crossing
+    res = estimate_llc(Crossing(), half_sq, (x, y), num_draws=8000, num_burnin=1000, seed=0)
+    # The Hessian vanishes at w* = 0: the curvature the chains meet sets ε.
+    assert "rescaled" in res.diagnostics.calibration["reason"]
+    assert res.llc_mean == pytest.approx(0.25, rel=0.25)
+
+
+def test_result_fields_shapes_and_views():
+    model, data, _ = linear_regression(n=1000)
+    res = estimate_llc(model, half_sq, data, num_chains=3, num_draws=50, num_burnin=20)
+    assert isinstance(res, LLCResult)
+    assert res.loss_trace.shape == (3, 50)
+    assert res.llc_per_chain.shape == (3,)
+    assert res.nbeta == pytest.approx(1000 / math.log(1000))
+    assert res.n == 1000 and res.num_draws == 50 and res.num_burnin == 20
+    assert res.step_size > 0 and res.diagnostics.calibration["step_size"] == res.step_size
+    assert res.llc_mean == pytest.approx(np.mean(res.llc_per_chain))
+    d = res.to_dict()
+    assert set(["llc_mean", "llc_std", "llc_per_chain", "loss_trace", "diagnostics"]) <= set(d)
+    assert len(d["loss_trace"]) == 3 and len(d["loss_trace"][0]) == 50
+    df = res.to_pandas()
+    assert len(df) == 150 and list(df.columns) == ["chain", "draw", "loss", "llc_chain"]
+
+
+def test_model_is_left_exactly_as_it_was():
+    model, data, _ = linear_regression(n=500)
+    model.train()
+    model.weight.grad = torch.full_like(model.weight, 7.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimate_llc(model, half_sq, data, num_draws=20, num_burnin=5)
+    estimate_llc(model, half_sq, data, num_draws=10, num_burnin=5, backend="devinterp")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model.weight.grad, torch.full_like(model.weight, 7.0))
+    assert model.bias.grad is None
+
+
+def test_data_forms_give_the_same_n_and_nbeta():
+    model, (x, y), _ = linear_regression(n=600)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    for data in [(x, y), TensorDataset(x, y), loader]:
+        res = estimate_llc(model, half_sq, data, num_draws=5, num_burnin=0, step_size=1e-4)
+        assert res.n == 600
+        assert res.nbeta == pytest.approx(default_nbeta(600))
+    assert res.batch_size == 64  # the DataLoader's batch size
+
+
+def test_vmap_and_devinterp_backends_agree_within_standard_errors():
+    model, data, truth = linear_regression(n=2000)
+    kw = dict(
+        step_size=2e-4,
+        num_chains=4,
+        num_draws=600,
+        num_burnin=200,
+        batch_size=200,
+        seed=3,
+        paired=False,
+        shared_batch=False,
+    )
+    a = estimate_llc(model, half_sq, data, backend="vmap", **kw)
+    b = estimate_llc(model, half_sq, data, backend="devinterp", **kw)
+    assert b.backend == "devinterp" and a.backend == "vmap"
+    combined = math.hypot(a.llc_stderr, b.llc_stderr)
+    assert abs(a.llc_mean - b.llc_mean) < 3 * combined
+    assert a.llc_mean == pytest.approx(truth, rel=0.2)
+
+
+def test_extrapolation_removes_first_order_step_size_bias():
+    model, data, truth = linear_regression(n=4000)
+    kw = dict(step_size=1.2e-3, num_draws=1000, num_burnin=300, seed=0, batch_size=4000)
+    plain = estimate_llc(model, half_sq, data, **kw)
+    extra = estimate_llc(model, half_sq, data, extrapolate=True, **kw)
+    assert plain.llc_mean > truth * 1.08  # ε·a ≈ 0.58: ≈ +17 % discretisation bias
+    assert abs(extra.llc_mean - truth) < 0.5 * abs(plain.llc_mean - truth)
+    assert extra.extrapolation["step_sizes"] == [1.2e-3, 6e-4]
+
+
+def test_too_large_step_diverges_and_is_reported_not_averaged():
+    model, data, _ = linear_regression(n=1000)
+    res = estimate_llc(model, half_sq, data, step_size=1.0, num_draws=50, num_burnin=10)
+    assert res.diagnostics.num_diverged == 4
+    assert math.isnan(res.llc_mean)
+    assert np.isnan(res.llc_per_chain).all()
+    assert any("diverged" in w for w in res.diagnostics.warnings)
+
+
+def test_negative_llc_warns_that_w_star_is_not_a_minimum():
+    model, data, _ = linear_regression(n=2000)
+    with torch.no_grad():
+        model.bias.add_(0.5)  # off the minimum: chains run downhill
+    res = estimate_llc(model, half_sq, data, num_draws=300, num_burnin=0, seed=0)
+    assert res.llc_mean < 0
+    assert any("not a local minimum" in w for w in res.diagnostics.warnings)
+
+
+def test_llc_estimator_for_user_driven_loops():
+    est = LLCEstimator(num_chains=2, num_draws=3, nbeta=10.0, init_loss=1.0)
+    for draw, losses in enumerate([[1.1, 1.2], [1.3, 1.2], [1.2, 1.4]]):
+        est.update_all(draw, torch.tensor(losses))
+    res = est.result()
+    assert res.llc_per_chain.tolist() == pytest.approx([2.0, 2.667], rel=1e-3)
+    assert res.llc_mean == pytest.approx(2.3333, rel=1e-3)
+    with pytest.raises(IndexError):
+        est.update(2, 0, 1.0)
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.bn = nn.BatchNorm1d(1)
+
+    def forward(self, x):
+        return self.bn(self.lin(x))
+
+
+def _data(n=64):
+    return torch.randn(n, 3), torch.randn(n, 1)
+
+
+def test_error_batchnorm_in_train_mode():
+    with pytest.raises(ValueError, match=r"BatchNorm1d\) is in train mode.*model.eval\(\)"):
+        estimate_llc(WithBatchNorm().train(), half_sq, _data())
+
+
+def test_error_dropout_in_train_mode():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 1)).train()
+    with pytest.raises(ValueError, match="Dropout"):
+        estimate_llc(model, half_sq, _data())
+
+
+def test_error_non_scalar_loss():
+    with pytest.raises(ValueError, match="scalar mean loss, got shape"):
+        estimate_llc(nn.Linear(3, 1), lambda o, y: (o - y) ** 2, _data())
+
+
+def test_error_empty_data():
+    with pytest.raises(ValueError, match="data is empty"):
+        estimate_llc(nn.Linear(3, 1), half_sq, (torch.zeros(0, 3), torch.zeros(0, 1)))
+
+
+def test_error_nan_at_w_star():
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN at w\\*"):
+        estimate_llc(model, half_sq, _data())
+
+
+def test_error_no_trainable_parameters():
+    model = nn.Linear(3, 1).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        estimate_llc(model, half_sq, _data())
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.1])
+def test_error_non_positive_step_size(eps):
+    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+        estimate_llc(nn.Linear(3, 1), half_sq, _data(), step_size=eps)
+
+
+def test_error_unknown_backend_and_sampler():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        estimate_llc(nn.Linear(3, 1), half_sq, _data(), backend="jax")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        estimate_llc(nn.Linear(3, 1), half_sq, _data(), sampler="nuts")
+    with pytest.raises(ValueError, match="no faithful SGNHT"):
+        estimate_llc(nn.Linear(3, 1), half_sq, _data(), sampler="sgnht", backend="devinterp")
+
+
+@pytest.mark.parametrize("sampler", ["sgnht", "rmsprop_sgld"])
+def test_other_samplers_estimate_the_regular_llc(sampler):
+    model, data, truth = linear_regression(n=4000)
+    res = estimate_llc(
+        model, half_sq, data, sampler=sampler, num_draws=1500, num_burnin=1000, seed=2
+    )
+    assert res.sampler == sampler
+    assert res.llc_mean == pytest.approx(truth, rel=0.2)
