@@ -167,6 +167,10 @@ def test_tiny_study_in_process(tmp_path):
     assert smallest.value < max(t.value for t in trials)
     summary = json.loads((tmp_path / "study.json").read_text())
     assert summary["counts"] == {"COMPLETE": 6} and summary["n_trials"] == 6
+    # α sets the synthetic generalisation step monotonically: rank correlation +1 (ties aside)
+    effect = summary["param_effects"]["alpha"]
+    assert effect["generalisation_step"]["rho"] > 0.9
+    assert effect["final_test_acc"]["rho"] < -0.9
     # rerunning with a larger budget continues the same study
     study = run_study(spec, out_dir=tmp_path, n_trials=8)
     assert len(study.trials) == 8

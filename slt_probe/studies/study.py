@@ -382,6 +382,35 @@ def trial_table(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+EFFECT_ATTRS = ("generalisation_step", "final_test_acc", "final_llc", "llc_peak", "lag_steps")
+
+
+def param_effects(study: optuna.Study) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Spearman rank correlation of each numeric parameter with each outcome attribute.
+
+    Over COMPLETE trials where both are numbers: ``{param: {attr: {"rho", "p", "n"}}}``
+    (omitted where fewer than 3 pairs or a constant column make it undefined).
+    """
+    from scipy.stats import spearmanr
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    names = sorted({k for t in done for k, v in t.params.items() if isinstance(v, (int, float))})
+    for name in names:
+        for attr in EFFECT_ATTRS:
+            pairs = [
+                (float(t.params[name]), float(t.user_attrs[attr]))
+                for t in done
+                if isinstance(t.params.get(name), (int, float))
+                and isinstance(t.user_attrs.get(attr), (int, float))
+            ]
+            if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+                continue
+            rho, pval = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+            out.setdefault(name, {})[attr] = {"rho": float(rho), "p": float(pval), "n": len(pairs)}
+    return out
+
+
 def write_study_summary(study: optuna.Study, path: Path, **extra) -> dict:
     """``study.json``: budget, counts by state, best trial(s), the trial table."""
     best = (
@@ -400,6 +429,7 @@ def write_study_summary(study: optuna.Study, path: Path, **extra) -> dict:
         "best_params": [t.params for t in best],
         "best_values": [t.values for t in best],
         **extra,
+        "param_effects": param_effects(study),
         "trials": trial_table(study),
     }
     path.write_text(json.dumps(obj, indent=1, default=str))
