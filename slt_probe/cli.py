@@ -12,6 +12,7 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "slt_probe.bench.cli",
     "slt_probe.studies.cli",
 )
 

@@ -1,0 +1,97 @@
+"""``slt-probe bench speed|accuracy``: benchmarks that print their figures (table + JSON)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def _machine() -> dict:
+    import os
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _emit(payload: dict, table, json_path: str | None) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(pd.DataFrame(table).round(3).to_string(index=False))
+    summary = {k: v for k, v in payload.items() if k != "rows"}
+    print(json.dumps(summary, indent=2, default=float))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(payload, indent=2, default=float))
+        print(f"wrote {json_path}")
+
+
+def _speed(args) -> int:
+    import warnings
+
+    from slt_probe.bench import speed
+
+    warnings.filterwarnings("ignore")
+    peak = speed.matmul_peak_flops()
+    variants = {"vmap": {}, "vmap_indep_batches": {"shared_batch": False, "paired": False}}
+    rows = []
+    workloads = [
+        (speed.dln_workload(), args.steps),
+        (speed.mlp_workload(), max(args.steps // 5, 10)),
+    ]
+    for w, steps in workloads:
+        for row in speed.compare(w, args.chains, steps, variants):
+            row["vmap_vs_devinterp"] = row["vmap"] / row["devinterp"]
+            row["vmap_vs_devinterp_loop"] = row["vmap"] / row["devinterp_loop"]
+            flops = w.matmul_flops_per_chain_step()
+            row["vmap_peak_fraction"] = row["vmap"] * flops / peak
+            row["devinterp_loop_peak_fraction"] = row["devinterp_loop"] * flops / peak
+            rows.append(row)
+            print(
+                f"  {w.name} chains={row['chains']}: vmap {row['vmap']:.0f}/s, "
+                f"devinterp {row['devinterp']:.0f}/s, devinterp loop {row['devinterp_loop']:.0f}/s",
+                flush=True,
+            )
+    payload = {"benchmark": "speed", "matmul_peak_gflops": peak / 1e9, **_machine(), "rows": rows}
+    _emit(payload, rows, args.json)
+    return 0
+
+
+def _accuracy(args) -> int:
+    import warnings
+
+    from slt_probe.bench.accuracy import accuracy_table
+    from slt_probe.truth.cases import standard_cases
+
+    warnings.filterwarnings("ignore")
+    kwargs = {"sampler": args.sampler, "seed": args.seed}
+    if args.quick:
+        kwargs.update(num_draws=1000, num_burnin=1000)
+    rows, summary = accuracy_table(standard_cases(quick=args.quick), **kwargs)
+    payload = {"benchmark": "accuracy", "estimator": kwargs, **summary, **_machine(), "rows": rows}
+    _emit(payload, rows, args.json)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: sampler throughput, λ̂ against known truths")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    s = bsub.add_parser("speed", help="chain-steps/s of vmap vs devinterp, side by side")
+    s.add_argument("--chains", type=int, nargs="+", default=[1, 4, 8, 16])
+    s.add_argument("--steps", type=int, default=200, help="SGLD steps per chain (DLN; MLP uses /5)")
+    s.add_argument("--json", default="reports/bench/speed.json")
+    s.set_defaults(func=_speed)
+    a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
+    a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
+    a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld"])
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", default="reports/bench/accuracy.json")
+    a.set_defaults(func=_accuracy)

@@ -1,0 +1,157 @@
+"""Throughput of the samplers, side by side in one process so that machine noise cancels.
+
+Figures are chain-steps per second (one SGLD update of one chain = one chain-step):
+
+- ``vmap``: :func:`slt_probe.estimate_llc` with ``backend="vmap"`` (fixed ε, no calibration);
+- ``devinterp``: ``estimate_llc(backend="devinterp")``, i.e. devinterp 1.3.2's own
+  ``estimate_learning_coeff_with_summary`` over a DataLoader, as its users run it;
+- ``devinterp_loop``: devinterp's ``SGMCMC.sgld`` optimizer stepped in a tight Python loop over
+  in-memory tensors, chain after chain (the fastest way to use devinterp);
+
+and the fraction of the machine's dense matmul peak (FLOP/s of a large ``torch.mm``) that one
+SGLD step reaches, counting 6·B·(weights) FLOPs per chain-step for a Linear network (forward
+2·B·W, backward 4·B·W).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slt_probe.estimators.llc import estimate_llc
+
+
+@dataclass
+class Workload:
+    name: str
+    model: nn.Module
+    loss_fn: Callable
+    data: tuple[torch.Tensor, torch.Tensor]
+    batch_size: int
+    step_size: float
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def matmul_flops_per_chain_step(self) -> float:
+        """6·B·Σ(Linear weight sizes): forward + backward of every Linear layer."""
+        weights = sum(m.weight.numel() for m in self.model.modules() if isinstance(m, nn.Linear))
+        return 6.0 * self.batch_size * weights
+
+
+def half_sq(out, y):
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+def dln_workload(n: int = 10_000, seed: int = 0) -> Workload:
+    """A deep linear network 20-40-40-40-10 (4,400 parameters), y = f(x) + noise."""
+    g = torch.Generator().manual_seed(seed)
+    widths = [20, 40, 40, 40, 10]
+    model = nn.Sequential(*[nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])])
+    x = torch.randn(n, widths[0], generator=g)
+    with torch.no_grad():
+        y = model(x) + torch.randn(n, widths[-1], generator=g)
+    return Workload("dln_4.4k", model, half_sq, (x, y), batch_size=256, step_size=1e-6)
+
+
+def mlp_workload(n: int = 1000, seed: int = 0) -> Workload:
+    """The Omnigrok MNIST MLP 784-200-200-10 (199,210 parameters), MSE on one-hot, batch 200."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 10)
+    )
+    x = torch.rand(n, 784, generator=g)
+    y = nn.functional.one_hot(torch.randint(10, (n,), generator=g), 10).float()
+    return Workload(
+        "mlp_784-200-200-10", model, nn.MSELoss(), (x, y), batch_size=200, step_size=1e-5
+    )
+
+
+def devinterp_tight_loop(w: Workload, num_chains: int, steps: int, seed: int = 0) -> float:
+    """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory."""
+    import copy
+
+    from devinterp.optim.sgmcmc import SGMCMC
+
+    x, y = w.data
+    n = x.shape[0]
+    nbeta = n / math.log(n)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in range(num_chains):
+        model = copy.deepcopy(w.model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = SGMCMC.sgld(model.parameters(), lr=w.step_size, localization=1.0, nbeta=nbeta)
+        for _ in range(steps):
+            idx = torch.randint(n, (w.batch_size,), generator=gen)
+            opt.zero_grad()
+            loss = w.loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def vmap_seconds(w: Workload, num_chains: int, steps: int, **options) -> float:
+    res = estimate_llc(
+        w.model,
+        w.loss_fn,
+        w.data,
+        step_size=w.step_size,
+        num_chains=num_chains,
+        num_draws=steps,
+        num_burnin=0,
+        batch_size=w.batch_size,
+        **options,
+    )
+    return res.wall_time_s
+
+
+def devinterp_seconds(w: Workload, num_chains: int, steps: int) -> float:
+    res = estimate_llc(
+        w.model,
+        w.loss_fn,
+        w.data,
+        step_size=w.step_size,
+        num_chains=num_chains,
+        num_draws=steps,
+        num_burnin=0,
+        batch_size=w.batch_size,
+        backend="devinterp",
+    )
+    return res.wall_time_s
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Dense float32 matmul FLOP/s of ``torch.mm`` on size × size matrices (best of repeats)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * size**3 / best
+
+
+def compare(w: Workload, chains: list[int], steps: int, variants: dict[str, dict]) -> list[dict]:
+    """Rows of chain-steps/s for every variant and chain count, measured interleaved."""
+    rows = []
+    for c in chains:
+        row = {"workload": w.name, "params": w.num_params, "chains": c, "steps": steps}
+        t_loop = devinterp_tight_loop(w, c, steps)
+        row["devinterp_loop"] = c * steps / t_loop
+        t_di = devinterp_seconds(w, c, steps)
+        row["devinterp"] = c * steps / t_di
+        for name, opts in variants.items():
+            row[name] = c * steps / vmap_seconds(w, c, steps, **opts)
+        rows.append(row)
+    return rows
