@@ -79,6 +79,13 @@ def run_chains(
         else init_position.clone()
     )
     state = kernel.init(start)
+    # Noise is drawn on the sampling device (a CUDA generator for CUDA tensors); minibatch
+    # indices stay on the CPU generator. Both streams follow from the caller's seed.
+    if flat.device.type == "cpu":
+        noise_gen = generator
+    else:
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        noise_gen = torch.Generator(device=flat.device).manual_seed(seed)
     losses = torch.full((num_chains, num_steps), float("nan"), dtype=flat.dtype, device=flat.device)
     diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
     alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
@@ -95,7 +102,7 @@ def run_chains(
         if ref_fn is not None:
             with torch.no_grad():
                 ref[:, t] = ref_fn(flat.w_star, xb, yb)
-        state = kernel.step(state, grads.detach(), generator)
+        state = kernel.step(state, grads.detach(), noise_gen)
         if (t + 1) % _CHECK_EVERY == 0 or t + 1 == num_steps:
             block = losses[:, block_start : t + 1]
             bad_loss = ~torch.isfinite(block) | (block > divergence_threshold)
