@@ -212,3 +212,22 @@ def test_failing_trials_are_recorded_and_bounded(tmp_path):
     assert len(failed) == 2
     assert all("synthetic.fail_at_step" in t.user_attrs["error"] for t in failed)
     assert all(t.user_attrs["status"] == "partial" for t in failed)
+
+
+def test_cli_study_run(tmp_path, capsys):
+    from slt_probe.cli import main
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        f'spec = "x.toml"\nrunner = "{SYNTH}"\nn_trials = 3\n'
+        '[fixed]\n"train.steps" = 300\n'
+        '[space.alpha]\ntype = "float"\nlow = 1\nhigh = 4\ntarget = "model.init_scale"\n'
+        '[[objectives]]\nmetric = "final_test_acc"\n[pruner]\ntype = "none"\n'
+    )
+    assert main(["study", "run", str(toml), "--out", str(tmp_path / "o"), "--n-trials", "4"]) == 0
+    assert "study s: COMPLETE 4" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "o" / "study.json").read_text())
+    assert summary["counts"] == {"COMPLETE": 4}
+    assert len(list((tmp_path / "o" / "trials").iterdir())) == 4
+    with pytest.raises(SystemExit):
+        main(["study", "run"])  # the spec is required
