@@ -60,7 +60,26 @@ def _speed(args) -> int:
                 f"devinterp {row['devinterp']:.0f}/s, devinterp loop {row['devinterp_loop']:.0f}/s",
                 flush=True,
             )
-    payload = {"benchmark": "speed", "matmul_peak_gflops": peak / 1e9, **_machine(), "rows": rows}
+    from slt_probe.truth.cases import dln_case
+
+    case = dln_case([10, 8, 6, 4], 2)
+    seconds, draws, res = speed.seconds_to_precision(case, target=0.05)
+    precision = {
+        "case": case.name,
+        "true_llc": case.true_llc,
+        "seconds": seconds,
+        "draws": draws,
+        "llc": res.llc_mean,
+        "llc_stderr": res.llc_stderr,
+    }
+    print(f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({draws} draws/chain)")
+    payload = {
+        "benchmark": "speed",
+        "matmul_peak_gflops": peak / 1e9,
+        "time_to_5pct_stderr": precision,
+        **_machine(),
+        "rows": rows,
+    }
     _emit(payload, rows, args.json)
     return 0
 

@@ -75,6 +75,45 @@ def mlp_workload(n: int = 1000, seed: int = 0) -> Workload:
     )
 
 
+def transformer_workload(p: int = 53, seed: int = 0) -> Workload:
+    """The modular-addition transformer of ``models/transformer.py`` (one layer, d = 128) on
+    all p² pairs, cross-entropy, batch 128."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "models" / "transformer.py"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: the transformer workload needs the repo's models/"
+        )
+    spec = importlib.util.spec_from_file_location("slt_probe_models_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(seed)
+    model = module.Transformer(vocab_size=p + 1, num_classes=p).eval()
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.reshape(-1), b.reshape(-1), torch.full((p * p,), p)], 1)
+    y = (x[:, 0] + x[:, 1]) % p
+    return Workload(
+        "transformer_modadd", model, nn.CrossEntropyLoss(), (x, y), batch_size=128, step_size=1e-6
+    )
+
+
+def seconds_to_precision(
+    case, target: float = 0.05, start_draws: int = 250, max_draws: int = 64_000, **kwargs
+):
+    """Wall seconds of the first estimate whose standard error across chains is ≤ ``target``·λ̂,
+    doubling the draws from ``start_draws`` (burn-in = draws). Returns (seconds, draws, result)."""
+    draws = start_draws
+    while True:
+        res = estimate_llc(
+            case.model, case.loss_fn, case.data, num_draws=draws, num_burnin=draws, **kwargs
+        )
+        if res.llc_stderr <= target * abs(res.llc_mean) or draws >= max_draws:
+            return res.wall_time_s, draws, res
+        draws *= 2
+
+
 def devinterp_tight_loop(w: Workload, num_chains: int, steps: int, seed: int = 0) -> float:
     """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory."""
     import copy
