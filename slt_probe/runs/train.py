@@ -1,0 +1,504 @@
+"""One training run from a spec, with the λ̂ probe attached, written to a run directory.
+
+Step t means "after t optimizer updates". Every ``eval_every`` steps, at every probe point and at
+the last step the model is evaluated on the full train and test sets (one metrics.jsonl row);
+at probe points the LLCProbe then estimates λ̂ (one llc.jsonl row) and a checkpoint is saved.
+
+Resumability: the minibatch of step t is a pure function of (seed, t) (epoch e = t // (n // B)
+is a seeded permutation), so after loading the last checkpoint (model, optimizer, RNG, step c)
+and dropping the log rows after c, training continues exactly as if never interrupted. A row is
+always appended before the checkpoint of its step is written, so rows ≤ c are complete.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slt_probe.runs.data import RunData, load_data
+from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
+from slt_probe.runs.rundir import RunDir, json_clean
+from slt_probe.runs.spec import SpecError, build_model, known_llc, load_spec
+
+#: Keys of the resolved spec that must match when resuming (the rest is bookkeeping).
+RUN_DEFINING = ("seed", "model", "data", "train", "probe")
+#: Rewrite summary.json ("partial") at most this often, besides at every checkpoint.
+SUMMARY_INTERVAL_S = 10.0
+EVAL_CHUNK = 8192
+
+
+def versions() -> dict[str, str]:
+    import slt_probe
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "slt_probe": getattr(slt_probe, "__version__", "unknown"),
+    }
+
+
+def scale_init(model: nn.Module, alpha: float) -> None:
+    """Omnigrok initialisation: every initial parameter multiplied by α (Liu et al. 2023)."""
+    if alpha != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(alpha)
+
+
+def weight_norm(model: nn.Module) -> float:
+    """‖w‖₂ over all parameters."""
+    with torch.no_grad():
+        return float(math.sqrt(sum(float((p.double() ** 2).sum()) for p in model.parameters())))
+
+
+def make_optimizer(model: nn.Module, train: Mapping) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), train["lr"], train["weight_decay"]
+    if train["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(train["betas"]))
+    if train["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=tuple(train["betas"]))
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=train["momentum"])
+
+
+class Batches:
+    """Minibatch indices of step t (0-based update index) as a pure function of (seed, t):
+    epoch e = t // (n // B) is a permutation drawn from a generator seeded by (seed, e); the
+    last n mod B examples of each epoch are dropped. B = 0 or B >= n means full batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.seed = n, seed
+        self.full = batch_size == 0 or batch_size >= n
+        self.batch_size = n if self.full else batch_size
+        self.per_epoch = n // self.batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, t: int) -> torch.Tensor | None:
+        """Row indices for update t, or None for the full batch."""
+        if self.full:
+            return None
+        epoch, k = divmod(t, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=gen), epoch
+        return self._perm[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, classify: bool):
+    """(mean loss, accuracy or None) over the whole set, in chunks."""
+    if x.shape[0] == 0:
+        return None, None
+    total, correct = 0.0, 0.0
+    for i in range(0, x.shape[0], EVAL_CHUNK):
+        out = model(x[i : i + EVAL_CHUNK])
+        yy = y[i : i + EVAL_CHUNK]
+        total += float(loss_fn(out, yy)) * yy.shape[0]
+        if classify:
+            correct += accuracy(out, yy) * yy.shape[0]
+    n = x.shape[0]
+    return total / n, (correct / n if classify else None)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(_py_state())}
+
+
+def _py_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: Mapping) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _empty_transitions() -> dict:
+    return {
+        "test_acc": None,
+        "llc": None,
+        "hessian_eff_dim": None,
+        "alignment": {"llc": None, "hessian_eff_dim": None},
+    }
+
+
+def compute_transitions(metrics_rows: list[dict], llc_rows: list[dict]) -> dict:
+    """``slt_probe.probe.transitions.summarise_transitions`` (empty if unavailable/failing)."""
+    try:
+        from slt_probe.probe.transitions import summarise_transitions
+    except ImportError:
+        return _empty_transitions()
+    try:
+        return summarise_transitions(metrics_rows, llc_rows)
+    except Exception as exc:  # a transition detector bug must not lose the run's summary
+        print(f"slt-probe: transition detection failed: {exc!r}", file=sys.stderr)
+        return _empty_transitions()
+
+
+class Trainer:
+    """Owns the model, optimizer, probe and run directory of one run."""
+
+    def __init__(
+        self,
+        config: dict,
+        run_dir: RunDir,
+        *,
+        resume: bool = False,
+        on_eval: Callable[[int, dict], None] | None = None,
+        progress: bool = True,
+    ):
+        self.config, self.rd, self.on_eval, self.progress = config, run_dir, on_eval, progress
+        self.train_cfg, self.probe_cfg = config["train"], config["probe"]
+        if self.train_cfg["threads"]:
+            torch.set_num_threads(self.train_cfg["threads"])
+        self.dtype = getattr(torch, self.train_cfg["dtype"])
+        torch.manual_seed(config["seed"])
+        random.seed(config["seed"])
+        base = Path(config["spec_path"]).parent if config.get("spec_path") else None
+        self.data: RunData = load_data(config["data"], base).to(self.dtype)
+        self.model = build_model(config).to(self.dtype)
+        scale_init(self.model, config["model"]["init_scale"])
+        self.loss_fn = get_loss(self.train_cfg["loss"])
+        self.classify = self.train_cfg["loss"] in CLASSIFICATION
+        self._check_shapes()
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = make_optimizer(self.model, self.train_cfg)
+        self.total = self.train_cfg["steps"]
+        self.batches = Batches(self.data.n_train, self.train_cfg["batch_size"], config["seed"])
+        self.probe = self._make_probe() if self.probe_cfg["enabled"] else None
+        self.resume = resume
+        self.step = 0
+        self.wall_before = 0.0  # wall and probe seconds of earlier (killed) processes
+        self.probe_before = 0.0
+        self.probe_time = 0.0
+        self.last_metrics: dict = {}
+        self.last_llc: float | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _check_shapes(self) -> None:
+        x, y = self.data.x_train[:2], self.data.y_train[:2]
+        try:
+            with torch.no_grad():
+                out = self.model(x)
+        except Exception as exc:
+            raise SpecError(
+                f"model {self.config['model']['arch']} fails on the data's inputs of shape "
+                f"{tuple(x.shape)} ({exc})"
+            ) from exc
+        if self.classify:
+            k = self.data.num_classes
+            if out.dim() != 2 or out.shape[1] != k:
+                raise SpecError(
+                    f"model outputs shape {tuple(out.shape)} but data.kind "
+                    f"{self.config['data']['kind']!r} has {k} classes: set model.kwargs so the "
+                    f"output is (batch, {k})"
+                )
+        elif out.shape != y.shape:
+            raise SpecError(
+                f"model outputs shape {tuple(out.shape)}, targets have {tuple(y.shape)}"
+            )
+
+    def _make_probe(self):
+        try:
+            from slt_probe.probe import LLCProbe
+        except ImportError as exc:
+            raise RuntimeError(
+                "probe.enabled = true needs slt_probe.probe.LLCProbe, which is not importable "
+                f"({exc}); run with --set probe.enabled=false"
+            ) from exc
+        p = dict(self.probe_cfg)
+        schedule, num_points = p.pop("schedule"), p.pop("num_points")
+        hessian, hessian_kwargs = p.pop("hessian"), p.pop("hessian_kwargs") or None
+        p.pop("enabled")
+        if not p.get("sampler_options"):
+            p.pop("sampler_options", None)
+        estimator_kwargs = {k: v for k, v in p.items() if v is not None}
+        return LLCProbe(
+            self.loss_fn,
+            (self.data.x_train, self.data.y_train),
+            schedule=schedule,
+            num_points=num_points,
+            total_steps=self.total,
+            run_dir=self.rd.path,
+            hessian=hessian,
+            hessian_kwargs=hessian_kwargs,
+            **estimator_kwargs,
+        )
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": _rng_state(),
+            "config": json_clean(self.config),
+            "wall_time_s": self.wall_time(),
+            "probe_time_s": self.probe_before + self.probe_time,
+        }
+        self.rd.save_checkpoint(self.step, payload)
+        keep = self.train_cfg["keep_checkpoints"]
+        if keep:
+            self.rd.prune_checkpoints(keep)
+
+    def restore(self) -> bool:
+        """Load the newest checkpoint; False when there is none (start from scratch)."""
+        ckpt = self.rd.load_latest_checkpoint()
+        if ckpt is None:
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt.get("rng", {}))
+        self.step = int(ckpt["step"])
+        self.wall_before = float(ckpt.get("wall_time_s", 0.0))
+        self.probe_before = float(ckpt.get("probe_time_s", 0.0))
+        self.rd.truncate(self.step)
+        rows = self.rd.metrics_rows()
+        self.last_metrics = rows[-1] if rows else {}
+        llc = self.rd.llc_rows()
+        self.last_llc = llc[-1].get("llc_mean") if llc else None
+        return True
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    def wall_time(self) -> float:
+        return self.wall_before + (time.perf_counter() - self.t0)
+
+    def summary(self, status: str, *, transitions: bool = True, report: str | None = None) -> dict:
+        metrics_rows, llc_rows = self.rd.metrics_rows(), self.rd.llc_rows()
+        last = metrics_rows[-1] if metrics_rows else {}
+        wall = self.wall_time()
+        probe_time = self.probe_before + self.probe_time
+        out = {
+            "name": self.config["name"],
+            "status": status,
+            "steps_done": self.step,
+            "total_steps": self.total,
+            "final": {
+                "train_acc": last.get("train_acc"),
+                "test_acc": last.get("test_acc"),
+                "train_loss": last.get("train_loss"),
+                "test_loss": last.get("test_loss"),
+                "llc_mean": llc_rows[-1].get("llc_mean") if llc_rows else None,
+                "weight_norm": last.get("weight_norm"),
+            },
+            "n_params": self.n_params,
+            "seed": self.config["seed"],
+            "versions": self.config["versions"],
+            "wall_time_s": wall,
+            "probe_time_s": probe_time,
+            "probe_overhead_fraction": probe_time / wall if wall > 0 else None,
+            "transitions": (
+                compute_transitions(metrics_rows, llc_rows) if transitions else _empty_transitions()
+            ),
+            "report": report,
+        }
+        if self.config.get("truth"):
+            out["truth"] = self.config["truth"]
+        return out
+
+    def write_partial(self, transitions: bool = True) -> None:
+        self.rd.write_summary(self.summary("partial", transitions=transitions))
+        self._last_summary = time.perf_counter()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def evaluate_and_probe(self, probe_due: bool) -> None:
+        self.model.eval()
+        train_loss, train_acc = evaluate(
+            self.model, self.loss_fn, self.data.x_train, self.data.y_train, self.classify
+        )
+        test_loss, test_acc = evaluate(
+            self.model, self.loss_fn, self.data.x_test, self.data.y_test, self.classify
+        )
+        row = {
+            "step": self.step,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "weight_norm": weight_norm(self.model),
+            "time_s": self.wall_time(),
+        }
+        self.rd.append_metrics(row)
+        self.last_metrics = row
+        if probe_due:
+            t = time.perf_counter()
+            user = {k: row[k] for k in ("test_acc", "train_acc", "train_loss", "test_loss")}
+            llc_row = self.probe.step(self.step, self.model, **user)
+            self.probe_time += time.perf_counter() - t
+            if llc_row is not None:
+                self.last_llc = llc_row.get("llc_mean")
+        self.model.train()
+
+    def _postfix(self) -> dict:
+        m = self.last_metrics
+        out = {}
+        for key, label in (("train_acc", "train"), ("test_acc", "test")):
+            if m.get(key) is not None:
+                out[label] = f"{m[key]:.3f}"
+        if self.last_llc is not None and math.isfinite(self.last_llc):
+            out["llc"] = f"{self.last_llc:.1f}"
+        return out
+
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        self.t0 = time.perf_counter()
+        self._last_summary = 0.0
+        restored = self.resume and self.restore()
+        if not restored:
+            self.rd.clear_logs()
+            self.rd.write_config(self.config)
+        self.rd.create()
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.config["name"],
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        try:
+            if not restored:  # step 0: the initialisation
+                self._at_eval_point(force=True)
+            x, y = self.data.x_train, self.data.y_train
+            self.model.train()
+            while self.step < self.total:
+                idx = self.batches.indices(self.step)
+                xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.model(xb), yb)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                bar.update(1)
+                if self._at_eval_point():
+                    bar.set_postfix(self._postfix(), refresh=False)
+        except BaseException:
+            # a pruned/failed/interrupted run stays consistent: status "partial"
+            bar.close()
+            try:
+                self.write_partial(transitions=False)
+            except Exception:  # pragma: no cover - never mask the original error
+                pass
+            raise
+        bar.close()
+        return self.summary("complete")
+
+    def _at_eval_point(self, force: bool = False) -> bool:
+        step = self.step
+        probe_due = self.probe is not None and self.probe.due(step)
+        is_eval = force or step % self.train_cfg["eval_every"] == 0 or step == self.total
+        if not (is_eval or probe_due):
+            return False
+        self.evaluate_and_probe(probe_due)
+        every = self.train_cfg["checkpoint_every"]
+        if (
+            step == 0
+            or step == self.total
+            or (probe_due and self.train_cfg["checkpoint_at_probe"])
+            or (every and step % every == 0)
+        ):
+            self.save_checkpoint()
+            self.write_partial()
+        elif time.perf_counter() - self._last_summary > SUMMARY_INTERVAL_S:
+            self.write_partial(transitions=False)
+        if self.on_eval is not None:
+            self.on_eval(step, dict(self.last_metrics))
+        return True
+
+
+def _differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
+    keys = set(a) | set(b)
+    out = []
+    for k in sorted(keys):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def write_report(run_dir: Path) -> str | None:
+    """``slt_probe.reports.write_run_report(run_dir, out_dir)`` if it exists; the path or None."""
+    try:
+        from slt_probe.reports import write_run_report
+    except ImportError:
+        print(
+            "slt-probe: no HTML report (slt_probe.reports.write_run_report is not available)",
+            file=sys.stderr,
+        )
+        return None
+    path = write_run_report(run_dir, run_dir / "report")
+    return str(path) if path is not None else None
+
+
+def run_spec(
+    spec: str | Path | Mapping,
+    *,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    on_eval: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict:
+    """Train one run described by ``spec`` (a models/*.toml path or a dict) into
+    ``<out_dir or runs>/<name or spec name>``; returns the final summary dict.
+
+    ``resume=True`` continues a killed run from its last checkpoint (the resolved spec must be
+    the same). ``on_eval(step, metrics)`` is called after every evaluation and may raise (e.g.
+    ``optuna.TrialPruned``): the run directory is left consistent with status "partial" and the
+    exception propagates.
+    """
+    config = load_spec(spec, overrides)
+    if name is not None:
+        config["name"] = str(name)
+    config["versions"] = versions()
+    config.setdefault("spec_path", None)
+    truth = known_llc(config)
+    if truth is not None:
+        config["truth"] = truth
+    rd = RunDir(Path(out_dir if out_dir is not None else "runs") / config["name"])
+    if resume and rd.config.exists():
+        stored = rd.read_config()
+        diff = _differences(
+            {k: stored.get(k) for k in RUN_DEFINING},
+            json_clean({k: config[k] for k in RUN_DEFINING}),
+        )
+        if diff:
+            raise SpecError(
+                f"cannot resume {rd.path}: the spec differs from its config.json ({'; '.join(diff)})"
+            )
+        config["versions"] = stored.get("versions", config["versions"])
+    elif rd.is_started() and not resume:
+        raise FileExistsError(
+            f"run directory {rd.path} already exists: pass --resume to continue it, or choose "
+            "another --name/--out"
+        )
+    rd.path.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, rd, resume=resume, on_eval=on_eval, progress=progress)
+    summary = trainer.run()
+    rd.write_summary(summary)
+    if report:
+        summary["report"] = write_report(rd.path)
+        if summary["report"]:
+            rd.write_summary(summary)
+    return summary
