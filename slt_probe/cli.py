@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "slt_probe.bench.cli",
     "slt_probe.studies.cli",
+    "slt_probe.runs.cli",
 )
 
 
