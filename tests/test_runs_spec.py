@@ -1,0 +1,134 @@
+"""Run specs: the shipped specs load, overrides apply, bad fields raise errors naming them."""
+
+from pathlib import Path
+
+import pytest
+
+from slt_probe.runs.spec import (
+    SpecError,
+    build_model,
+    known_llc,
+    load_spec,
+    parse_overrides,
+    resolve_arch,
+)
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.mark.parametrize("name", ["omnigrok_mnist", "modadd_transformer", "dln"])
+def test_shipped_specs_load_and_build(name):
+    spec = load_spec(MODELS / f"{name}.toml")
+    assert spec["name"] == name
+    assert spec["spec_path"] == str((MODELS / f"{name}.toml").resolve())
+    model = build_model(spec)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_defaults_and_overrides():
+    spec = load_spec(
+        MODELS / "omnigrok_mnist.toml",
+        [
+            "train.lr=3e-4",
+            "train.steps=10",
+            "probe.hessian=false",
+            'model.kwargs.activation="tanh"',
+        ],
+    )
+    assert spec["train"]["lr"] == 3e-4 and spec["train"]["steps"] == 10
+    assert spec["probe"]["hessian"] is False
+    assert spec["model"]["kwargs"]["activation"] == "tanh"
+    assert spec["train"]["keep_checkpoints"] == 0  # a default filled in
+    # a dict of overrides and a bare string value
+    spec = load_spec(MODELS / "dln.toml", {"data.rank": 1, "train.optimizer": "sgd"})
+    assert spec["data"]["rank"] == 1 and spec["train"]["optimizer"] == "sgd"
+    assert parse_overrides(["train.optimizer=adam"]) == {"train.optimizer": "adam"}
+
+
+def test_switching_data_kind_by_override():
+    spec = load_spec(
+        MODELS / "omnigrok_mnist.toml",
+        ["data.kind=mnist_idx", "data.path=/tmp/mnist"],
+    )
+    assert spec["data"] == {
+        "kind": "mnist_idx",
+        "path": "/tmp/mnist",
+        "train_size": 1000,
+        "test_size": 4000,  # kept from the file
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lr=-1", "train.lr must be > 0, got -1"),
+        ("train.steps=2.5", "train.steps must be an integer"),
+        ("train.optimizer=rmsprop", "train.optimizer must be one of"),
+        ("train.loss=half_sq", "train.loss 'half_sq' is for regression"),
+        ("train.lrr=1", "unknown spec key 'train.lrr'"),
+        ("data.p=5", "unknown spec key 'data.p'"),  # mnist has no p
+        ("probe.step_size=fast", "probe.step_size must be a positive number or 'auto'"),
+        ("probe.num_chains=0", "probe.num_chains must be >= 1"),
+        ("data.train_size=4500", "data.train_size + data.test_size must be <= 5000"),
+        ("model.init_scale=0", "model.init_scale must be > 0"),
+        ("bogus.x=1", "unknown spec key 'bogus.x'"),
+        ("train.lr", "must look like key=value"),
+    ],
+)
+def test_bad_fields_are_named(override, message):
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        load_spec(MODELS / "omnigrok_mnist.toml", [override])
+
+
+def test_missing_and_unknown_fields_in_a_dict_spec():
+    base = {
+        "model": {"arch": "mlp:MLP"},
+        "data": {"kind": "modular"},
+        "train": {"steps": 10, "loss": "cross_entropy"},
+    }
+    assert load_spec(base)["data"]["p"] == 53
+    with pytest.raises(SpecError, match="train.loss is required"):
+        load_spec({**base, "train": {"steps": 10}})
+    with pytest.raises(SpecError, match="data.kind is required"):
+        load_spec({**base, "data": {}})
+    with pytest.raises(
+        SpecError, match=r"unknown spec key train\.'epochs'|unknown spec key train.'epochs'"
+    ):
+        load_spec({**base, "train": {"steps": 10, "loss": "cross_entropy", "epochs": 3}})
+    with pytest.raises(SpecError, match="data.p must be prime"):
+        load_spec(base, {"data.op": "div", "data.p": 12})
+    with pytest.raises(SpecError, match="data.rank must be <="):
+        load_spec(
+            {
+                "model": {"arch": "dln:DLN"},
+                "data": {"kind": "teacher_linear", "in_dim": 3, "out_dim": 2, "rank": 3},
+                "train": {"steps": 1, "loss": "half_sq"},
+            }
+        )
+
+
+def test_arch_resolution_spec_folder_first_then_import(tmp_path):
+    (tmp_path / "mymodel.py").write_text(
+        "import torch\nclass Net(torch.nn.Linear):\n    def __init__(self, k=2):\n        super().__init__(k, 1)\n"
+    )
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(
+        '[model]\narch = "mymodel:Net"\nkwargs = {k = 4}\n[data]\nkind = "teacher_linear"\n'
+        'in_dim = 4\nout_dim = 1\nrank = 1\n[train]\nsteps = 1\nloss = "half_sq"\n'
+    )
+    model = build_model(load_spec(spec_file))
+    assert model.in_features == 4
+    assert resolve_arch("torch.nn:Linear") is __import__("torch").nn.Linear
+    with pytest.raises(SpecError, match="no module 'nope'"):
+        resolve_arch("nope:X", [tmp_path])
+    with pytest.raises(SpecError, match="has no 'Missing'"):
+        resolve_arch("mymodel:Missing", [tmp_path])
+    with pytest.raises(SpecError, match="model.kwargs do not fit"):
+        build_model(load_spec(spec_file, {"model.kwargs.bad": 1}))
+
+
+def test_known_llc_of_the_dln_spec():
+    truth = known_llc(load_spec(MODELS / "dln.toml"))
+    assert truth["llc"] == 21.5 and truth["multiplicity"] == 3
+    assert known_llc(load_spec(MODELS / "omnigrok_mnist.toml")) is None
