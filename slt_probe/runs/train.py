@@ -12,6 +12,7 @@ always appended before the checkpoint of its step is written, so rows ≤ c are 
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import random
@@ -41,7 +42,7 @@ def versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is not a plain str (weights_only)
         "slt_probe": getattr(slt_probe, "__version__", "unknown"),
     }
 
@@ -246,7 +247,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "rng": _rng_state(),
-            "config": json_clean(self.config),
+            # plain JSON types only, so torch.load(weights_only=True) accepts it
+            "config": json.loads(json.dumps(json_clean(self.config))),
             "wall_time_s": self.wall_time(),
             "probe_time_s": self.probe_before + self.probe_time,
         }
