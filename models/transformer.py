@@ -8,6 +8,8 @@ Output: logits over the ``num_classes`` residues, read off the last position.
     h  += W_out·ReLU(W_in·h)                         MLP block
     y   = U·LN(h)[:, −1]                             unembedding (optional final LayerNorm)
 
+The last block only computes the last position (the only one read out).
+
 Attention is written out (q·kᵀ/√d_head, mask, softmax, ·v) instead of using
 ``nn.MultiheadAttention``/SDPA: those have no fast ``torch.func.vmap`` batching rule on CPU,
 and the LLC sampler runs every chain through ``vmap(functional_call(...))``.
@@ -32,15 +34,22 @@ class Attention(nn.Module):
         # A buffer, not a parameter: the causal mask is not sampled.
         self.register_buffer("mask", torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool)))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Attention output for every position, or (``last_only``) for the last one only
+        (shape b × 1 × d): the last position may attend to all, so no mask is needed."""
         b, t, d = h.shape
         q, k, v = self.qkv(h).split(d, dim=-1)
+        if last_only:
+            q = q[:, -1:]
+        tq = q.shape[1]
         # (b, t, d) → (b, heads, t, d_head)
-        q, k, v = (z.reshape(b, t, self.n_heads, self.d_head).transpose(1, 2) for z in (q, k, v))
+        q = q.reshape(b, tq, self.n_heads, self.d_head).transpose(1, 2)
+        k, v = (z.reshape(b, t, self.n_heads, self.d_head).transpose(1, 2) for z in (k, v))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
-        scores = scores.masked_fill(~self.mask[:t, :t], float("-inf"))
+        if not last_only:
+            scores = scores.masked_fill(~self.mask[:t, :t], float("-inf"))
         mixed = torch.softmax(scores, dim=-1) @ v
-        return self.out(mixed.transpose(1, 2).reshape(b, t, d))
+        return self.out(mixed.transpose(1, 2).reshape(b, tq, d))
 
 
 class Block(nn.Module):
@@ -49,8 +58,11 @@ class Block(nn.Module):
         self.attn = Attention(d_model, n_heads, seq_len)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d_model))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(h)
+    def forward(self, h: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        if last_only:
+            h = h[:, -1:] + self.attn(h, last_only=True)
+        else:
+            h = h + self.attn(h)
         return h + self.mlp(h)
 
 
@@ -90,6 +102,8 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) + self.pos[: x.shape[1]]
-        for block in self.blocks:
-            h = block(h)
+        # Only the last position is read out, so the last block computes that position alone
+        # (same output, ~1/seq_len of the block's cost).
+        for i, block in enumerate(self.blocks):
+            h = block(h, last_only=i == len(self.blocks) - 1)
         return self.unembed(self.norm(h[:, -1]))

@@ -88,3 +88,12 @@ def test_transformer_under_vmap_functional_call_matches_a_loop():
     torch.testing.assert_close(batched, looped)
     grads = vmap(torch.func.grad(loss))(stacked)
     assert grads["embed.weight"].shape == (chains, 8, 16)
+
+
+def test_transformer_last_position_shortcut_matches_the_full_computation():
+    model = _transformer(n_layers=2).eval()
+    x = torch.randint(0, 8, (6, 3))
+    h = model.embed(x) + model.pos
+    for block in model.blocks:  # every position through every block, then read the last
+        h = block(h)
+    torch.testing.assert_close(model(x), model.unembed(model.norm(h[:, -1])))
