@@ -7,6 +7,7 @@ tempered posterior ∝ exp(−nβ·L_n(w) − γ/2·‖w − w*‖²) with SG-MC
 
 from slt_probe.estimators.llc import LLCEstimator, default_nbeta, estimate_llc
 from slt_probe.estimators.result import Diagnostics, LLCResult
+from slt_probe.probe.probe import LLCProbe
 
-__all__ = ["Diagnostics", "LLCEstimator", "LLCResult", "default_nbeta", "estimate_llc"]
+__all__ = ["Diagnostics", "LLCEstimator", "LLCProbe", "LLCResult", "default_nbeta", "estimate_llc"]
 __version__ = "0.1.0"

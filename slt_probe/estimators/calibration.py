@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad, jvp
 
+from slt_probe.geometry.hessian import flat_hvp, power_iteration
 from slt_probe.sampling.functional import FlatModel
 
 _CURVATURE_BATCH = 2048  # examples used for Hessian-vector products: enough for λ_max to a few %
@@ -37,17 +37,10 @@ def top_curvature(
     if n > _CURVATURE_BATCH:
         idx = torch.randperm(n, generator=generator)[:_CURVATURE_BATCH].to(x.device)
         x, y = x[idx], y[idx]
-    g = grad(lambda w: flat.loss(w, x, y))
-    v = torch.randn(flat.dim, generator=generator, dtype=flat.dtype).to(flat.device)
-    v /= v.norm()
-    eig = 0.0
-    for _ in range(iters):
-        _, hv = jvp(g, (position,), (v,))
-        eig = float(torch.dot(hv, v))
-        norm = hv.norm()
-        if not torch.isfinite(norm) or norm == 0:
-            break
-        v = hv / norm
+    op = flat_hvp(flat, x, y, position)
+    eig = power_iteration(
+        op, flat.dim, iters=iters, generator=generator, dtype=flat.dtype, device=flat.device
+    )
     return abs(eig)
 
 
