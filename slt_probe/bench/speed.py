@@ -184,6 +184,11 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 def compare(w: Workload, chains: list[int], steps: int, variants: dict[str, dict]) -> list[dict]:
     """Rows of chain-steps/s for every variant and chain count, measured interleaved."""
     rows = []
+    # Warm-up: imports, allocator and thread-pool start-up are not part of the throughput.
+    devinterp_tight_loop(w, 1, 3)
+    devinterp_seconds(w, 1, 3)
+    for opts in variants.values():
+        vmap_seconds(w, 1, 3, **opts)
     for c in chains:
         row = {"workload": w.name, "params": w.num_params, "chains": c, "steps": steps}
         t_loop = devinterp_tight_loop(w, c, steps)
