@@ -5,7 +5,8 @@ tempered posterior ∝ exp(−nβ·L_n(w) − γ/2·‖w − w*‖²) with SG-MC
 λ̂ = nβ·(E[L_n(w)] − L_n(w*)).
 """
 
-from slt_probe.estimators.llc import LLCEstimator, default_nbeta, estimate_llc
+from slt_probe.estimators.llc import default_nbeta, estimate_llc
+from slt_probe.estimators.online import LLCEstimator
 from slt_probe.estimators.result import Diagnostics, LLCResult
 from slt_probe.probe.probe import LLCProbe
 
