@@ -16,6 +16,38 @@ from scipy.stats import spearmanr
 from slt_probe.estimators.llc import estimate_llc
 
 
+def benchmark_cases(quick: bool = False, seed: int = 0) -> tuple[list, list]:
+    """(criterion cases, extra cases).
+
+    Criterion: y = f(x) + unit Gaussian noise, n = 10,000, loss ½‖f(x) − y‖², w* the trained
+    minimiser next to the truth: regular linear regressions, reduced-rank regressions and deep
+    linear networks with every layer at rank r (the most singular point), d from 4 to 272.
+    Extra (reported, not in the criterion): normal crossings at w* = 0, whose zero Hessian and
+    (for (w1·w2)², multiplicity 2) log log n correction make finite-n estimates fall below λ.
+    """
+    from slt_probe.truth.cases import dln_case, normal_crossing_case, regular_case, rrr_case
+
+    if quick:
+        criterion = [
+            regular_case(3, 1, seed=seed),
+            rrr_case(4, 3, 4, 1, seed=seed),
+            dln_case([5, 4, 3, 4], 1, seed=seed),
+        ]
+        return criterion, []
+    criterion = [
+        regular_case(3, 1, seed=seed),
+        rrr_case(4, 3, 4, 1, seed=seed),
+        dln_case([5, 4, 3, 4], 1, seed=seed),
+        dln_case([12, 10, 8, 6, 4], 1, seed=seed),
+        dln_case([10, 8, 6, 4], 2, seed=seed),
+        regular_case(8, 4, seed=seed),
+        rrr_case(8, 6, 6, 2, seed=seed),
+        dln_case([8, 8, 8, 8], 2, seed=seed),
+    ]
+    extra = [normal_crossing_case((1, 2), seed=seed), normal_crossing_case((1, 1), seed=seed)]
+    return criterion, extra
+
+
 def accuracy_table(cases, **estimator_kwargs) -> tuple[list[dict], dict]:
     """Rows (case, d, true λ, λ̂ ± std, relative error, step size, seconds, warnings) and a summary
     {median_abs_rel_error, worst_abs_rel_error, spearman_rho}."""

@@ -87,16 +87,27 @@ def _speed(args) -> int:
 def _accuracy(args) -> int:
     import warnings
 
-    from slt_probe.bench.accuracy import accuracy_table
-    from slt_probe.truth.cases import standard_cases
+    from slt_probe.bench.accuracy import accuracy_table, benchmark_cases
 
     warnings.filterwarnings("ignore")
     kwargs = {"sampler": args.sampler, "seed": args.seed}
     if args.quick:
         kwargs.update(num_draws=1000, num_burnin=1000)
-    rows, summary = accuracy_table(standard_cases(quick=args.quick), **kwargs)
-    payload = {"benchmark": "accuracy", "estimator": kwargs, **summary, **_machine(), "rows": rows}
-    _emit(payload, rows, args.json)
+    if args.extrapolate:
+        kwargs["extrapolate"] = True
+    criterion, extra = benchmark_cases(quick=args.quick, seed=args.seed)
+    rows, summary = accuracy_table(criterion, **kwargs)
+    extra_rows = accuracy_table(extra, **kwargs)[0] if extra else []
+    for r in extra_rows:
+        r["case"] += " (extra)"
+    payload = {
+        "benchmark": "accuracy",
+        "estimator": kwargs,
+        **summary,
+        **_machine(),
+        "rows": rows + extra_rows,
+    }
+    _emit(payload, rows + extra_rows, args.json)
     return 0
 
 
@@ -112,5 +123,6 @@ def register(sub) -> None:
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
     a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld"])
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--extrapolate", action="store_true", help="estimate_llc(extrapolate=True)")
     a.add_argument("--json", default="reports/bench/accuracy.json")
     a.set_defaults(func=_accuracy)
