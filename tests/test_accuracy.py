@@ -1,0 +1,30 @@
+"""λ̂ with default hyperparameters against closed-form learning coefficients."""
+
+import numpy as np
+import pytest
+
+from slt_probe import estimate_llc
+from slt_probe.bench.accuracy import accuracy_table, benchmark_cases
+from slt_probe.truth.cases import dln_case
+
+
+def test_most_singular_deep_linear_network_without_tuning():
+    """Every layer at rank 1: the case where a fixed ε = 3e-6 was off by −12 % to +110 %."""
+    case = dln_case([5, 4, 3, 4], 1)
+    res = estimate_llc(case.model, case.loss_fn, case.data, num_draws=2000, num_burnin=2000)
+    assert case.true_llc == 6.5
+    assert res.llc_mean == pytest.approx(case.true_llc, rel=0.25)
+    assert res.diagnostics.num_diverged == 0
+    # auto measured the curvature at w* and where the pilots went
+    assert res.diagnostics.calibration["curvatures_seen"][-1] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_criterion_with_default_arguments():
+    criterion, _ = benchmark_cases()
+    rows, summary = accuracy_table(criterion)
+    assert len(rows) >= 6
+    assert summary["median_abs_rel_error"] <= 0.10
+    assert summary["worst_abs_rel_error"] <= 0.25
+    assert summary["spearman_rho"] > 0.95
+    assert np.all(np.isfinite([r["llc"] for r in rows]))
