@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "slt_probe.bench.cli",
     "slt_probe.studies.cli",
     "slt_probe.runs.cli",
+    "slt_probe.reports.cli",
 )
 
 

@@ -91,18 +91,24 @@ def lanczos(
     seed: int = 0,
     device=None,
     dtype=torch.float32,
-) -> np.ndarray:
+    start: torch.Tensor | None = None,
+    return_weights: bool = False,
+):
     """Top-k eigenvalues (descending) by Lanczos with full reorthogonalisation.
 
     ``iters`` Lanczos steps (default max(2k, k + 10), capped at dim); the extreme Ritz values
-    converge first, so the top few are accurate long before the rest of the spectrum.
+    converge first, so the top few are accurate long before the rest of the spectrum. With
+    ``return_weights`` also returns all Ritz values θ_j and their weights τ_j² (squared first
+    components of the tridiagonal's eigenvectors): the Gauss quadrature of the spectral measure
+    seen from the start vector, used by stochastic Lanczos quadrature.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     m = min(dim, iters or max(2 * k, k + 10))
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dim, generator=gen, dtype=torch.float64)
-    q /= q.norm()
+    if start is None:
+        start = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    q = start.to("cpu", torch.float64)
+    q = q / q.norm()
     basis = torch.zeros(m, dim, dtype=torch.float64)
     alpha = np.zeros(m)
     beta = np.zeros(m)
@@ -120,8 +126,56 @@ def lanczos(
         beta[j] = b
         q = w / b
     tri = np.diag(alpha[:m]) + np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
-    ritz = np.linalg.eigvalsh(tri)[::-1]
-    return ritz[: min(k, m)]
+    theta, vecs = np.linalg.eigh(tri)
+    order = np.argsort(theta)[::-1]
+    theta, weights = theta[order], vecs[0, order] ** 2
+    if return_weights:
+        return theta[: min(k, m)], theta, weights
+    return theta[: min(k, m)]
+
+
+def slq_trace(
+    op: HVP,
+    dim: int,
+    fns: dict,
+    *,
+    num_probes: int = 4,
+    iters: int = 20,
+    seed: int = 0,
+    device=None,
+    dtype=torch.float32,
+):
+    """tr f(H) for each f in ``fns`` by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017):
+    for Rademacher probes v, vᵀf(H)v ≈ ‖v‖²·Σ_j τ_j² f(θ_j) from ``iters`` Lanczos steps at v.
+
+    Returns ({name: (estimate, standard error across probes)}, top Ritz values of probe 0).
+    For f(x) = x this is exactly Hutchinson's vᵀHv.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    vals = {name: [] for name in fns}
+    top = None
+    for i in range(num_probes):
+        v = (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(torch.float64)
+        ritz_top, theta, weights = lanczos(
+            op,
+            dim,
+            k=min(iters, dim),
+            iters=iters,
+            device=device,
+            dtype=dtype,
+            start=v,
+            return_weights=True,
+        )
+        for name, fn in fns.items():
+            vals[name].append(dim * float(np.sum(weights * fn(theta))))
+        if i == 0:
+            top = ritz_top
+    out = {}
+    for name, xs in vals.items():
+        xs = np.asarray(xs)
+        se = float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else float("nan")
+        out[name] = (float(xs.mean()), se)
+    return out, top
 
 
 def hutchinson_trace(
@@ -170,28 +224,53 @@ def hessian_summary(
     loss_fn,
     data,
     *,
-    k: int = 20,
+    k: int = 10,
     z: float = 1.0,
-    num_probes: int = 10,
+    scale: float = 1.0,
+    num_probes: int = 3,
+    iters: int = 20,
     batch_size: int | None = 1000,
     seed: int = 0,
 ) -> dict:
-    """Effective dimension (top-k Lanczos eigenvalues), Hutchinson trace and parameter count.
+    """Effective dimension, trace and top eigenvalues of ``scale``·H by stochastic Lanczos
+    quadrature (``num_probes`` Rademacher starts × ``iters`` Lanczos steps, one HVP each).
 
-    Only the top k eigenvalues enter N_eff: the rest are assumed ≪ z (check
-    ``hessian_top_eigs[-1]`` against z).
+    N_eff = tr[sH (sH + z)^{-1}] = Σ_i sλ_i/(sλ_i + z) over the WHOLE spectrum (negative
+    eigenvalues clipped at 0), not only the top k. The probe uses s = nβ and z = γ, so that
+    N_eff counts the directions the tempered posterior pins down more than the localisation
+    does, the same footing as 2λ̂ (equal for a regular model when nβ·λ_i ≫ γ).
     """
+    if z <= 0:
+        raise ValueError(f"z (the regularisation scale) must be > 0, got {z}")
     op, dim = hvp_operator(model, loss_fn, data, batch_size=batch_size, seed=seed)
     p = next(q for q in model.parameters() if q.requires_grad)
-    eigs = lanczos(op, dim, k, seed=seed, device=p.device, dtype=p.dtype)
-    trace, trace_se = hutchinson_trace(
-        op, dim, num_probes=num_probes, seed=seed + 1, device=p.device, dtype=p.dtype
+    iters = min(iters, dim)
+
+    def scaled(v):
+        return op(v) * scale
+
+    def eff(theta):
+        lam = np.clip(theta, 0.0, None)
+        return lam / (lam + z)
+
+    est, top = slq_trace(
+        scaled,
+        dim,
+        {"eff": eff, "trace": lambda t: t},
+        num_probes=num_probes,
+        iters=iters,
+        seed=seed,
+        device=p.device,
+        dtype=p.dtype,
     )
+    (n_eff, n_eff_se), (trace, trace_se) = est["eff"], est["trace"]
     return {
-        "hessian_eff_dim": effective_dimension(eigs, z),
+        "hessian_eff_dim": n_eff,
+        "hessian_eff_dim_stderr": n_eff_se,
         "hessian_trace": trace,
         "hessian_trace_stderr": trace_se,
-        "hessian_top_eigs": [float(e) for e in eigs],
+        "hessian_top_eigs": [float(e) for e in top[:k]],
+        "hessian_scale": float(scale),
         "hessian_z": float(z),
         "n_params": int(dim),
     }

@@ -28,7 +28,7 @@ from slt_probe.probe.store import append_jsonl, read_jsonl
 # Lighter than estimate_llc's defaults: a probe runs dozens of estimates per training run and
 # cares about λ̂ across training more than about each absolute value.
 PROBE_DEFAULTS = {"num_chains": 4, "num_draws": 200, "num_burnin": 200}
-HESSIAN_DEFAULTS = {"k": 10, "num_probes": 5, "batch_size": 1000, "z": 1.0}
+HESSIAN_DEFAULTS = {"k": 10, "num_probes": 3, "iters": 20, "batch_size": 1000}
 _MAX_TRACE_DRAWS = 200
 
 
@@ -101,12 +101,11 @@ class LLCProbe:
             if self.hessian:
                 from slt_probe.geometry.hessian import hessian_summary
 
+                # N_eff of nβ·H against z = γ: the directions the tempered posterior pins
+                # down harder than the localisation, on the same footing as 2λ̂.
+                kwargs = {"scale": res.nbeta, "z": res.localization or 1.0, **self.hessian_kwargs}
                 hess = hessian_summary(
-                    model,
-                    self.loss_fn,
-                    self.data,
-                    seed=self.seed + int(step),
-                    **self.hessian_kwargs,
+                    model, self.loss_fn, self.data, seed=self.seed + int(step), **kwargs
                 )
         finally:
             model.train(was_training)
@@ -143,8 +142,11 @@ class LLCProbe:
             "num_diverged": d.num_diverged,
             "warnings": list(d.warnings),
             "hessian_eff_dim": hess.get("hessian_eff_dim"),
+            "hessian_eff_dim_stderr": hess.get("hessian_eff_dim_stderr"),
             "hessian_trace": hess.get("hessian_trace"),
             "hessian_top_eigs": hess.get("hessian_top_eigs"),
+            "hessian_scale": hess.get("hessian_scale"),
+            "hessian_z": hess.get("hessian_z"),
             "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "weight_norm": weight_norm(model),
             "probe_time_s": elapsed,
