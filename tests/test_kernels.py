@@ -9,7 +9,7 @@ from torch import nn
 
 from slt_probe.sampling.driver import run_chains
 from slt_probe.sampling.functional import FlatModel
-from slt_probe.sampling.kernels import KernelConfig, make_kernel
+from slt_probe.sampling.kernels import KernelConfig, make_kernel, standard_normal
 
 
 def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, **opts):
@@ -21,7 +21,8 @@ def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, **opts):
     state = kernel.init(torch.zeros(chains, d))
     draws = []
     for t in range(steps):
-        state = kernel.step(state, state.position.clone(), gen)  # ∇L = w
+        noise = standard_normal(state.position, gen)
+        state = kernel.step(state, state.position.clone(), noise)  # ∇L = w
         if t >= steps // 2:
             draws.append(state.position.clone())
     return torch.stack(draws).var().item()

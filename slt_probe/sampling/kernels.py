@@ -6,8 +6,9 @@ Every kernel samples the localised tempered posterior
 
 from minibatch gradients ∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*). Positions are ``[C, d]`` tensors
 (one row per chain), so one code path serves one chain or a thousand. Kernels never compute
-gradients themselves: the driver passes ∇L_m at the current position, which keeps them pure
-tensor arithmetic and independent of the model.
+gradients or draw random numbers themselves: the driver passes ∇L_m at the current position and
+one N(0, I) tensor per step, which keeps them pure tensor arithmetic, independent of the model,
+and lets the driver draw the next step's noise while the current gradient is computed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class KernelConfig:
         return drift
 
 
-def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) shaped like ``like``: the one random input every kernel step takes."""
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -72,12 +74,12 @@ class SGLD:
         return accuracy / a_max
 
     def step(
-        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+        self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
         eps = self.config.step_size
         w = state.position
         drift = self.config.potential_grad(w, grad_loss)
-        w = w.add(drift, alpha=-0.5 * eps).add_(_noise(w, generator), alpha=math.sqrt(eps))
+        w = w.add(drift, alpha=-0.5 * eps).add_(noise, alpha=math.sqrt(eps))
         return replace(state, position=w)
 
 
@@ -116,12 +118,12 @@ class SGNHT:
         return math.sqrt(accuracy / a_max)
 
     def step(
-        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+        self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
         h = self.config.step_size
         w, p, xi = state.position, state.momentum, state.thermostat
         drift = self.config.potential_grad(w, grad_loss)
-        p = p - h * xi * p - h * drift + _noise(p, generator) * math.sqrt(2 * self.diffusion * h)
+        p = p - h * xi * p - h * drift + noise * math.sqrt(2 * self.diffusion * h)
         w = w + h * p
         xi = xi + h * (p.pow(2).mean(dim=1, keepdim=True) - 1.0)
         return replace(state, position=w, momentum=p, thermostat=xi)
@@ -159,7 +161,7 @@ class RMSPropSGLD:
         return accuracy / math.sqrt(a_max)
 
     def step(
-        self, state: SamplerState, grad_loss: torch.Tensor, generator: torch.Generator | None
+        self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
         eps = self.config.step_size
         w = state.position
@@ -171,7 +173,7 @@ class RMSPropSGLD:
             else state.second_moment * self.alpha + sq * (1 - self.alpha)
         )
         g = 1.0 / (v.sqrt() + self.delta)
-        w = w - 0.5 * eps * g * drift + _noise(w, generator) * (eps * g).sqrt()
+        w = w - 0.5 * eps * g * drift + noise * (eps * g).sqrt()
         return replace(state, position=w, second_moment=v)
 
 
