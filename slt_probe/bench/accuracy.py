@@ -68,6 +68,12 @@ def accuracy_table(cases, **estimator_kwargs) -> tuple[list[dict], dict]:
                 "warnings": len(res.diagnostics.warnings),
             }
         )
+        r = rows[-1]
+        print(
+            f"  {r['case']}: λ = {r['true_llc']:g}, λ̂ = {r['llc']:.3f} ± {r['llc_std']:.3f} "
+            f"({100 * r['rel_error']:+.1f} %), {r['seconds']:.0f} s",
+            flush=True,
+        )
     errors = np.abs([r["rel_error"] for r in rows])
     truths = [r["true_llc"] for r in rows]
     estimates = [r["llc"] for r in rows]
