@@ -28,7 +28,9 @@ from slt_probe.probe.store import append_jsonl, read_jsonl
 # Lighter than estimate_llc's defaults: a probe runs dozens of estimates per training run and
 # cares about λ̂ across training more than about each absolute value.
 PROBE_DEFAULTS = {"num_chains": 4, "num_draws": 200, "num_burnin": 200}
-HESSIAN_DEFAULTS = {"k": 10, "num_probes": 3, "iters": 20, "batch_size": 1000}
+# 2 SLQ probes × 12 Lanczos steps = 24 Hessian-vector products per probe point (≈ the cost of
+# 50 gradient evaluations on 1,000 examples).
+HESSIAN_DEFAULTS = {"k": 10, "num_probes": 2, "iters": 12, "batch_size": 1000}
 _MAX_TRACE_DRAWS = 200
 
 
