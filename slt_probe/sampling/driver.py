@@ -40,10 +40,13 @@ class NoiseStream:
     With ``prefetch`` the next tensor is drawn in a background thread while the caller computes
     (torch releases the GIL inside ``randn``): on CPU, drawing d·C normals is a single-threaded
     pass that costs a third of an SGLD step of a 200k-parameter MLP. The sequence is the one a
-    plain loop would draw: only one thread ever touches the generator.
+    plain loop would draw: only one thread ever touches the generator. Off by default: on the
+    2-core development machine the extra thread competes with the two matmul threads and the
+    MLP gained nothing (365–387 vs 373–391 chain-steps/s, interleaved runs); it is for machines
+    with a spare core.
     """
 
-    def __init__(self, shape, seed: int, *, device, dtype, prefetch: bool = True):
+    def __init__(self, shape, seed: int, *, device, dtype, prefetch: bool = False):
         self.shape, self.device, self.dtype = tuple(shape), device, dtype
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="slt-noise") if prefetch else None
@@ -90,7 +93,7 @@ def run_chains(
     init_position: torch.Tensor | None = None,
     divergence_threshold: float = float("inf"),
     paired_reference: bool = False,
-    prefetch_noise: bool = True,
+    prefetch_noise: bool = False,
 ) -> ChainTrace:
     """Run ``num_steps`` kernel steps on ``num_chains`` chains started at w* (or ``init_position``).
 

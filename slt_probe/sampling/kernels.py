@@ -8,7 +8,7 @@ from minibatch gradients ∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*). Positions 
 (one row per chain), so one code path serves one chain or a thousand. Kernels never compute
 gradients or draw random numbers themselves: the driver passes ∇L_m at the current position and
 one N(0, I) tensor per step, which keeps them pure tensor arithmetic, independent of the model,
-and lets the driver draw the next step's noise while the current gradient is computed.
+and lets the driver draw the noise (optionally a step ahead, in another thread).
 """
 
 from __future__ import annotations
