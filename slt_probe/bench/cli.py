@@ -46,6 +46,7 @@ def _speed(args) -> int:
     workloads = [
         (speed.dln_workload(), args.steps),
         (speed.mlp_workload(), max(args.steps // 5, 10)),
+        (speed.transformer_workload(), max(args.steps // 10, 10)),
     ]
     for w, steps in workloads:
         for row in speed.compare(w, args.chains, steps, variants):
