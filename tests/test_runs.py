@@ -26,6 +26,7 @@ TINY_MNIST = {
     "train.eval_every": 20,
     "train.batch_size": 50,
     "probe.num_points": 4,
+    "probe.start": 0,
 }
 
 
@@ -255,3 +256,43 @@ def test_cli_run(tmp_path, capsys, fake_probe):
         == 2
     )
     assert "train.lr must be > 0" in capsys.readouterr().err
+
+
+def test_real_probe_on_a_tiny_dln_run(tmp_path):
+    """The real LLCProbe wired in: rows at the scheduled steps, with the evaluation's metrics,
+    the Hessian summary and finite λ̂ once trained; the summary has the contract's keys."""
+    summary = run_spec(
+        MODELS / "dln.toml",
+        overrides={
+            "train.steps": 200,
+            "train.eval_every": 50,
+            "data.n_train": 1000,
+            "data.n_test": 100,
+            "probe.schedule": "linear",
+            "probe.num_points": 3,
+            "probe.num_chains": 2,
+            "probe.num_draws": 50,
+            "probe.num_burnin": 20,
+            "probe.step_size": 1e-5,
+            "probe.hessian_kwargs.k": 3,
+            "probe.hessian_kwargs.num_probes": 2,
+        },
+        out_dir=tmp_path,
+        progress=False,
+        report=False,
+    )
+    rd = RunDir(tmp_path / "dln")
+    llc = rd.llc_rows()
+    assert [r["step"] for r in llc] == [0, 100, 200]
+    metrics = {r["step"]: r for r in rd.metrics_rows()}
+    for row in llc:
+        assert row["train_loss"] == metrics[row["step"]]["train_loss"]
+        assert row["hessian_eff_dim"] is not None and row["num_chains"] == 2
+    assert math.isfinite(llc[-1]["llc_mean"]) and llc[-1]["llc_mean"] > 0
+    assert summary["final"]["llc_mean"] == llc[-1]["llc_mean"]
+    assert summary["truth"]["llc"] == 21.5
+    assert summary["probe_time_s"] > 0
+    assert set(summary) >= {
+        "name", "status", "steps_done", "total_steps", "final", "n_params", "seed", "versions",
+        "wall_time_s", "probe_time_s", "probe_overhead_fraction", "transitions", "report",
+    }  # fmt: skip

@@ -31,6 +31,7 @@ def test_defaults_and_overrides():
         [
             "train.lr=3e-4",
             "train.steps=10",
+            "probe.start=0",
             "probe.hessian=false",
             'model.kwargs.activation="tanh"',
         ],
@@ -132,3 +133,12 @@ def test_known_llc_of_the_dln_spec():
     truth = known_llc(load_spec(MODELS / "dln.toml"))
     assert truth["llc"] == 21.5 and truth["multiplicity"] == 3
     assert known_llc(load_spec(MODELS / "omnigrok_mnist.toml")) is None
+
+
+def test_probe_schedule_forms():
+    spec = load_spec(MODELS / "omnigrok_mnist.toml", ["probe.schedule=[300, 10, 10]"])
+    assert spec["probe"]["schedule"] == [10, 300]
+    with pytest.raises(SpecError, match="probe.schedule must be"):
+        load_spec(MODELS / "omnigrok_mnist.toml", ["probe.schedule=cubic"])
+    with pytest.raises(SpecError, match=r"probe.start must be <= train.steps \(100\)"):
+        load_spec(MODELS / "omnigrok_mnist.toml", ["train.steps=100"])

@@ -147,6 +147,15 @@ def _any(field, v):
     return v
 
 
+def _schedule(field, v):
+    """ "log", "linear" or an explicit list of steps."""
+    if isinstance(v, str):
+        return _choice(("log", "linear"))(field, v)
+    if isinstance(v, list) and v:
+        return sorted({_int(0)(f"{field}[{i}]", s) for i, s in enumerate(v)})
+    raise _fail(field, f"must be 'log', 'linear' or a non-empty list of steps, got {v!r}")
+
+
 REQUIRED = object()
 
 # section -> key -> (checker, default). REQUIRED marks keys without a default.
@@ -179,8 +188,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
     },
     "probe": {
         "enabled": (_bool, True),
-        "schedule": (_str, "log"),
+        "schedule": (_schedule, "log"),
         "num_points": (_int(1), 20),
+        "start": (_int(0), 0),  # first probed step of a log/linear schedule
         "hessian": (_bool, True),
         "hessian_kwargs": (_table, {}),
         # estimate_llc keyword arguments
@@ -383,6 +393,11 @@ def _cross_checks(spec: dict) -> None:
         )
     if data["kind"] == "modular" and data["op"] == "div" and not _is_prime(data["p"]):
         raise SpecError(f"data.p must be prime for op 'div', got {data['p']}")
+    probe = spec["probe"]
+    if isinstance(probe["schedule"], str) and probe["start"] > train["steps"]:
+        raise SpecError(
+            f"probe.start must be <= train.steps ({train['steps']}), got {probe['start']}"
+        )
     if ":" not in spec["model"]["arch"]:
         raise SpecError(f"model.arch must look like 'module:Class', got {spec['model']['arch']!r}")
 

@@ -178,7 +178,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.train_cfg)
         self.total = self.train_cfg["steps"]
         self.batches = Batches(self.data.n_train, self.train_cfg["batch_size"], config["seed"])
-        self.probe = self._make_probe() if self.probe_cfg["enabled"] else None
+        self.probe = None  # made in run(), after llc.jsonl is truncated/cleared (it reads it)
         self.resume = resume
         self.step = 0
         self.wall_before = 0.0  # wall and probe seconds of earlier (killed) processes
@@ -220,8 +220,12 @@ class Trainer:
                 "probe.enabled = true needs slt_probe.probe.LLCProbe, which is not importable "
                 f"({exc}); run with --set probe.enabled=false"
             ) from exc
+        from slt_probe.probe.schedules import make_schedule
+
         p = dict(self.probe_cfg)
         schedule, num_points = p.pop("schedule"), p.pop("num_points")
+        # the steps themselves, so that a log/linear schedule can start after step 0
+        schedule = make_schedule(schedule, num_points, self.total, start=p.pop("start"))
         hessian, hessian_kwargs = p.pop("hessian"), p.pop("hessian_kwargs") or None
         p.pop("enabled")
         if not p.get("sampler_options"):
@@ -367,6 +371,8 @@ class Trainer:
             self.rd.clear_logs()
             self.rd.write_config(self.config)
         self.rd.create()
+        if self.probe_cfg["enabled"]:
+            self.probe = self._make_probe()
         bar = tqdm(
             total=self.total,
             initial=self.step,
