@@ -203,7 +203,7 @@ def nuts_llc(
     dense_mass: bool | None = None,
     max_tree_depth: int = 10,
     target_accept_prob: float = 0.8,
-    chain_method: str = "vectorized",
+    chain_method: str = "sequential",
 ) -> NUTSResult:
     """λ̂ at the model's parameters w* by NUTS on exp(−nβ·L_n(w) − γ/2·‖w − w*‖²).
 
