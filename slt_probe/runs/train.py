@@ -444,7 +444,7 @@ def _differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
 
 
 def write_report(run_dir: Path) -> str | None:
-    """``slt_probe.reports.write_run_report(run_dir, out_dir)`` if it exists; the path or None."""
+    """The run's HTML report (``reports/<name>/index.html``); its path, or None."""
     try:
         from slt_probe.reports import write_run_report
     except ImportError:
@@ -453,7 +453,8 @@ def write_report(run_dir: Path) -> str | None:
             file=sys.stderr,
         )
         return None
-    path = write_run_report(run_dir, run_dir / "report")
+    # reports/<run name>/index.html (relative to the working directory), as `slt-probe report`.
+    path = write_run_report(run_dir)
     return str(path) if path is not None else None
 
 
