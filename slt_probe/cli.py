@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "slt_probe.studies.cli",
     "slt_probe.runs.cli",
     "slt_probe.reports.cli",
+    "slt_probe.truth.cli",
 )
 
 

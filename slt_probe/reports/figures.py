@@ -118,7 +118,11 @@ def effective_dimension_figure(llc: pd.DataFrame, transitions: dict | None) -> s
                 float(llc["n_params"].dropna().iloc[0]), color="grey", ls=":", label="parameters d"
             )
     ax.set_xscale("log")
-    values = np.concatenate([line.get_ydata() for line in ax.get_lines()]) if ax.get_lines() else np.ones(1)
+    values = (
+        np.concatenate([line.get_ydata() for line in ax.get_lines()])
+        if ax.get_lines()
+        else np.ones(1)
+    )
     if np.all(np.asarray(values, dtype=float)[np.isfinite(values)] > 0):
         ax.set_yscale("log")
     else:  # a negative λ̂ (w* not a minimum) must stay visible

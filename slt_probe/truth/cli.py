@@ -1,0 +1,46 @@
+"""``slt-probe validate``: λ̂ (SGLD, devinterp, NUTS) against closed-form λ on the truth cases."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_OUT = "reports/validate"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "validate",
+        help="estimate λ̂ on models with known λ (SGLD, devinterp, NUTS) and tabulate the errors",
+        description=(
+            "Estimate λ̂ with estimate_llc (vmap and devinterp backends) and NUTS on models whose "
+            "learning coefficient is known in closed form; print the table and write "
+            "validate.md, validate.html and validate.json."
+        ),
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="three small cases, short chains (about a minute)"
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, w* and samplers")
+    p.add_argument(
+        "--methods",
+        default="sgld,devinterp,nuts",
+        help="comma-separated subset of sgld,devinterp,nuts (default all)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slt_probe.truth.validate import METHODS, run_validation, to_markdown, write_outputs
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise SystemExit(f"--methods: unknown {bad or 'empty'}; choose from {','.join(METHODS)}")
+    rows = run_validation(quick=args.quick, methods=methods, seed=args.seed)
+    print()
+    print(to_markdown(rows, methods), end="")
+    paths = write_outputs(rows, args.out, methods)
+    print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
+    failed = any("error" in row.get(m, {}) for row in rows for m in methods)
+    return 1 if failed else 0
