@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,6 +17,14 @@ def test_log_schedule_is_dense_early_and_complete():
     assert len(s) == 30 and s[0] == 0 and s[-1] == 20000
     assert s == sorted(set(s))
     assert sum(1 for x in s if x < 1000) > 15  # most points in the first 5 % of training
+
+
+def test_log_schedule_after_start_is_geometric_in_step():
+    s = make_schedule("log", 20, total_steps=80000, start=1000)
+    assert len(s) == 20 and s[0] == 1000 and s[-1] == 80000
+    ratios = np.diff(np.log(s))
+    assert np.allclose(ratios, np.log(80) / 19, atol=2e-3)  # equal steps in log(step)
+    assert make_schedule("linear", 3, total_steps=300, start=100) == [100, 200, 300]
 
 
 def test_linear_and_explicit_schedules():

@@ -16,8 +16,8 @@ def make_schedule(
 ) -> list[int]:
     """Sorted unique steps in [start, total_steps] at which to measure.
 
-    ``"log"``: ``num_points`` steps spaced evenly in log(step + 1) from ``start`` to
-    ``total_steps`` (both included); ``"linear"``: evenly spaced; a sequence: those steps.
+    ``"log"``: ``num_points`` steps spaced evenly in log(step) from ``start`` to ``total_steps``
+    (both included; in log(step + 1) when ``start`` is 0); ``"linear"``: evenly spaced; a sequence: those steps.
     Rounding can merge nearby early steps of a log schedule; the duplicates are filled in with the
     nearest unused steps so that ``num_points`` points are kept whenever the range allows.
     """
@@ -42,7 +42,11 @@ def make_schedule(
     if kind == "linear":
         raw = np.linspace(start, total_steps, num_points)
     else:
-        raw = start - 1 + np.geomspace(1, span, num_points)
+        raw = (
+            np.geomspace(start, total_steps, num_points)
+            if start > 0
+            else (np.geomspace(1, span, num_points) - 1)
+        )
     steps = sorted({int(round(s)) for s in raw})
     # Fill merged points with the smallest unused steps (the dense early part of the schedule).
     candidate = start
