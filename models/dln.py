@@ -28,3 +28,7 @@ class DLN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+    def as_sequential(self) -> nn.Sequential:
+        """This network as an nn.Sequential (the LLC sampler's hand-batched path)."""
+        return self.layers

@@ -38,3 +38,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+    def as_sequential(self) -> nn.Sequential:
+        """The same function as one nn.Sequential over these parameters (lets the LLC sampler
+        batch chains by hand; see slt_probe.sampling.stacked)."""
+        return nn.Sequential(nn.Flatten(), *self.net)

@@ -1,0 +1,147 @@
+"""A hand-batched gradient for Linear + activation stacks (MLPs, deep linear networks).
+
+``torch.func.vmap`` runs any model, but for small networks each vmapped op costs more in Python
+dispatch and batching rules than in arithmetic. For the most common models in this field (plain
+MLPs and deep linear networks) the C chains can be written out directly:
+
+- the first layer, whose input minibatch all chains share, is one wide matmul
+  ``x @ [W₁¹; …; W₁ᶜ]ᵀ`` (``[B, in] × [in, C·out]``);
+- every later layer is one ``baddbmm`` over the chain dimension;
+- plain autograd differentiates ``Σ_c L_m(w_c)`` with respect to the ``[C, d]`` position, which
+  is the per-chain gradient (chain c's loss depends only on row c), already flat.
+
+Only the loss function is vmapped (over chains), so any ``loss_fn(output, target)`` works.
+:func:`stacked_layers` decides whether a model qualifies; the result is checked against the
+vmap path in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+# Elementwise modules that act the same on a [C, B, features] tensor as on [B, features].
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Identity)
+
+
+def _sequential_of(model: nn.Module) -> list[nn.Module] | None:
+    """The flat list of leaf modules a model runs in order, when that is all its forward does.
+
+    ``nn.Sequential`` (nested ones too) qualifies; so does a module that declares
+    ``as_sequential()`` returning an equivalent ``nn.Sequential`` over its own parameters.
+    """
+    if hasattr(model, "as_sequential"):
+        model = model.as_sequential()
+    if type(model) is not nn.Sequential:  # a subclass may override forward
+        return None
+    out: list[nn.Module] = []
+    for child in model:
+        if type(child) is nn.Sequential:
+            inner = _sequential_of(child)
+            if inner is None:
+                return None
+            out += inner
+        else:
+            out.append(child)
+    return out
+
+
+def stacked_layers(model: nn.Module, names: list[str]) -> list[tuple] | None:
+    """Plan of ops for the hand-batched path, or ``None`` when the model does not qualify.
+
+    Each op is ``("linear", weight_index, bias_index | None)`` with indices into ``names`` (the
+    sampled parameters in flat order), ``("act", module)`` or ``("flatten", start_dim)``.
+    Qualifies: Linear layers whose parameters are all sampled, elementwise activations and
+    ``Flatten``; anything else (attention, norms, dropout, frozen Linear) returns ``None``.
+    """
+    layers = _sequential_of(model)
+    if not layers:
+        return None
+    by_id = {id(p): i for i, (k, p) in enumerate(_named_trainable(model, names))}
+    plan: list[tuple] = []
+    for layer in layers:
+        if type(layer) is nn.Linear:
+            w = by_id.get(id(layer.weight))
+            b = None if layer.bias is None else by_id.get(id(layer.bias))
+            if w is None or (layer.bias is not None and b is None):
+                return None
+            plan.append(("linear", w, b))
+        elif type(layer) in _ELEMENTWISE:
+            plan.append(("act", layer))
+        elif type(layer) is nn.Flatten and layer.end_dim == -1 and layer.start_dim >= 1:
+            plan.append(("flatten", layer.start_dim))
+        else:
+            return None
+    if not any(op[0] == "linear" for op in plan):
+        return None
+    used = sorted(i for op in plan if op[0] == "linear" for i in op[1:] if i is not None)
+    if used != list(range(len(names))):  # every sampled parameter must appear exactly once
+        return None
+    return plan
+
+
+class Unsupported(ValueError):
+    """The inputs do not fit the hand-batched path (e.g. Linear over a sequence axis)."""
+
+
+def _named_trainable(model: nn.Module, names: list[str]):
+    params = dict(model.named_parameters())
+    return [(k, params[k]) for k in names]
+
+
+def make_stacked_grad_and_loss(
+    plan: list[tuple],
+    numels: list[int],
+    shapes: list[torch.Size],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shared_batch: bool,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(W [C,d], x, y) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path."""
+    offsets = [0]
+    for k in numels:
+        offsets.append(offsets[-1] + k)
+    batched_loss = vmap(loss_fn, in_dims=(0, None if shared_batch else 0))
+
+    def piece(w: torch.Tensor, i: int) -> torch.Tensor:
+        return w[:, offsets[i] : offsets[i + 1]].view(w.shape[0], *shapes[i])
+
+    def forward(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Feature-major layout: activations are kept as [C, features, B] so that every layer is
+        # W [C, out, in] @ h [C, in, B] with contiguous operands (no transposes in the loop).
+        c = w.shape[0]
+        h, per_chain = x, not shared_batch
+        major = False  # h is still in the input's own layout ([B, ...] or [C, B, ...])
+        for op in plan:
+            if op[0] == "linear":
+                if not major:
+                    if h.dim() != (3 if per_chain else 2):
+                        raise Unsupported(f"Linear input of shape {tuple(h.shape)}")
+                    h = h.transpose(-1, -2)  # [in, B] or [C, in, B]
+                weight = piece(w, op[1])  # [C, out, in]
+                out = weight.shape[1]
+                if not major and not per_chain:
+                    h = (weight.reshape(c * out, -1) @ h).view(c, out, -1)  # one wide matmul
+                else:
+                    h = weight.bmm(h)
+                major = per_chain = True
+                if op[2] is not None:
+                    h = h + piece(w, op[2]).unsqueeze(2)
+            elif op[0] == "act":
+                h = op[1](h)
+            else:
+                if major:
+                    raise Unsupported("Flatten after a Linear layer")
+                h = h.flatten(op[1] + (1 if per_chain else 0))
+        return h.transpose(1, 2) if major else h
+
+    def grad_and_loss(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            losses = batched_loss(forward(w, x), y)
+            (grad,) = torch.autograd.grad(losses.sum(), w)
+        return grad, losses.detach()
+
+    return grad_and_loss
