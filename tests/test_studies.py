@@ -198,6 +198,19 @@ def test_median_pruner_stops_slow_trials(tmp_path):
         assert t.intermediate_values[step] < sorted(earlier)[len(earlier) // 2] + 1e-12
 
 
+def test_a_finished_run_is_never_pruned(tmp_path):
+    # warm-up ends at the last step, so the only chance to prune is when the run is done: the
+    # trials below the median there keep their result (COMPLETE), which pruning would discard
+    spec = parse_study_spec(base_raw(
+        n_trials=5, sampler={"type": "random"},
+        pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1500},
+        objectives=[{"metric": "final_test_acc"}]))  # fmt: skip
+    study = run_study(spec, out_dir=tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    finals = [t.intermediate_values[1500] for t in study.trials]
+    assert min(finals) < sorted(finals)[2]  # some were below the median at the last step
+
+
 def test_failing_trials_are_recorded_and_bounded(tmp_path):
     spec = parse_study_spec(
         base_raw(
@@ -224,8 +237,13 @@ def test_cli_study_run(tmp_path, capsys):
         '[space.alpha]\ntype = "float"\nlow = 1\nhigh = 4\ntarget = "model.init_scale"\n'
         '[[objectives]]\nmetric = "final_test_acc"\n[pruner]\ntype = "none"\n'
     )
-    assert main(["study", "run", str(toml), "--out", str(tmp_path / "o"), "--n-trials", "4"]) == 0
+    out, rep = str(tmp_path / "o"), str(tmp_path / "rep")
+    argv = ["study", "run", str(toml), "--out", out, "--n-trials", "4", "--report"]
+    assert main(argv + ["--report-dir", rep]) == 0
     assert "study s: COMPLETE 4" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "index.html").exists()
+    assert main(["study", "report", str(toml), "--out", out, "--report-dir", rep + "2"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path(rep + "2") / "index.html")
     summary = json.loads((tmp_path / "o" / "study.json").read_text())
     assert summary["counts"] == {"COMPLETE": 4}
     assert len(list((tmp_path / "o" / "trials").iterdir())) == 4

@@ -115,8 +115,8 @@ def _transition_rows(transitions: dict | None) -> list[dict]:
                 "end": t and t["end"],
                 "direction": t and t["direction"],
                 "levels": t and f"{_fmt(t['before'], 3)} → {_fmt(t['after'], 3)}",
-                "lag": f"{a['lag_steps']:+d} steps ({a['lag_log10_steps']:+.2f} log10)"
-                if a
+                "lag": f"{int(a['lag_steps']):+d} steps ({a['lag_log10_steps']:+.2f} log10)"
+                if a and a.get("lag_steps") is not None and a.get("lag_log10_steps") is not None
                 else "–",
                 "corr": _fmt(a.get("correlation"), 3) if a else "–",
             }

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     run.add_argument("--n-trials", type=int, default=None, help="budget (default: the spec's)")
     run.add_argument("--workers", type=int, default=1, help="worker processes on this host")
     run.add_argument("--report", action="store_true", help="write the HTML study report")
+    run.add_argument(
+        "--report-dir", default=None, help="where the report goes (default: reports/<name>)"
+    )
     run.set_defaults(func=_run)
     worker = sub.add_parser("worker", help="join an existing study as one more worker")
     _add_common(worker)
@@ -49,6 +52,9 @@ def register(subparsers) -> None:
     worker.set_defaults(func=_worker)
     report = sub.add_parser("report", help="write the study's HTML report")
     _add_common(report)
+    report.add_argument(
+        "--report-dir", default=None, help="where the report goes (default: reports/<name>)"
+    )
     report.set_defaults(func=_report)
 
 
@@ -67,6 +73,7 @@ def _run(args) -> int:
         storage=args.storage,
         out_dir=args.out,
         report=args.report,
+        report_dir=args.report_dir,
     )
     states = [t.state.name for t in study.trials]
     print(
@@ -93,7 +100,7 @@ def _worker(args) -> int:
 def _report(args) -> int:
     from slt_probe.studies.spec import load_study_spec
     from slt_probe.studies.storage import default_storage_url
-    from slt_probe.studies.study import default_out_dir
+    from slt_probe.studies.study import default_out_dir, default_report_dir
 
     spec = load_study_spec(args.spec)
     out = Path(args.out) if args.out else default_out_dir(spec)
@@ -103,7 +110,7 @@ def _report(args) -> int:
     except ImportError:
         print("slt_probe.reports.write_study_report is not available yet", file=sys.stderr)
         return 1
-    path = write_study_report(url, spec.name, str(out / "report"))
+    path = write_study_report(url, spec.name, args.report_dir or default_report_dir(spec))
     print(path)
     return 0
 

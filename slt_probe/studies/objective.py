@@ -41,6 +41,21 @@ def load_runner(path: str) -> Callable[..., dict]:
         raise ImportError(f"study spec field 'runner': cannot import {path!r}: {exc}") from exc
 
 
+def _total_steps(runner_name: str, model_spec, overrides: dict) -> int | None:
+    """The run's last training step: ``train.steps`` when the study sets it, else the model
+    spec's when the default runner trains it (else unknown)."""
+    if "train.steps" in overrides:
+        return int(overrides["train.steps"])
+    if runner_name != DEFAULT_RUNNER:
+        return None
+    from slt_probe.runs.spec import load_spec
+
+    try:
+        return int(load_spec(model_spec, overrides)["train"]["steps"])
+    except Exception:  # an invalid spec fails in the runner itself, with its own message
+        return None
+
+
 def suggest_overrides(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Sample every searched parameter and map it onto its run-spec key (fixed ones included)."""
     overrides = dict(spec.fixed)
@@ -179,14 +194,22 @@ def make_objective(spec: StudySpec, out_dir: Path, *, progress: bool = False):
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("overrides", overrides)
 
+        last_step = _total_steps(runner_name, model_spec, overrides)
+
         def on_eval(step: int, metrics: dict) -> None:
             acc = _finite(metrics.get("test_acc"))
             if spec.multi_objective or acc is None:
                 return
             trial.report(acc if maximize else 1.0 - acc, int(step))
+            # At the last step the run is done: pruning it then would only discard its result.
+            if last_step is not None and step >= last_step:
+                return
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: test_acc {acc:.3f}")
 
+        # The study report renders every trial's run report itself (under the study's report),
+        # so trial runs do not write theirs into the top-level reports/ folder.
+        extra = {"report": False} if runner_name == DEFAULT_RUNNER else {}
         try:
             runner(
                 model_spec,
@@ -196,6 +219,7 @@ def make_objective(spec: StudySpec, out_dir: Path, *, progress: bool = False):
                 resume=resume,
                 on_eval=on_eval,
                 progress=progress,
+                **extra,
             )
         finally:
             # Pruned or failed runs still get their links and numbers.

@@ -58,6 +58,11 @@ def default_out_dir(spec: StudySpec) -> Path:
     return Path("runs") / "studies" / spec.name
 
 
+def default_report_dir(spec: StudySpec) -> Path:
+    """``reports/<name>`` under the current directory (beside the runs' reports)."""
+    return Path("reports") / spec.name
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -309,12 +314,14 @@ def run_study(
     storage: str | None = None,
     out_dir: str | Path | None = None,
     report: bool = False,
+    report_dir: str | Path | None = None,
 ) -> optuna.Study:
     """Run a whole study on this host with ``workers`` processes; return the (loaded) study.
 
     Other hosts may join at any time with ``join_study`` on the same (database) storage.
     Writes ``<out_dir>/study.json`` (trial table + best trials) at the end, and the HTML study
-    report if ``report`` (``slt_probe.reports.write_study_report``).
+    report if ``report`` (``slt_probe.reports.write_study_report``) in ``report_dir``
+    (default ``reports/<name>``), with every trial's run report under it.
     """
     spec = _as_spec(spec)
     if not isinstance(workers, int) or workers < 1:
@@ -360,7 +367,8 @@ def run_study(
         except ImportError:
             log.warning("slt_probe.reports.write_study_report is not available: no HTML report")
         else:
-            write_study_report(url, spec.name, str(out_dir / "report"))
+            path = write_study_report(url, spec.name, report_dir or default_report_dir(spec))
+            log.info("study report: %s", path)
     return study
 
 
