@@ -201,6 +201,7 @@ def test_study_report_links_every_trial(tmp_path):
     html = path.read_text()
     doc = parse(html)
     assert {"fig-history", "fig-importance", "fig-llc-vs-acc", "table-trials"} <= doc.ids
+    assert "fig-trajectories" in doc.ids  # every trial's λ̂ and accuracy, coloured by α
     assert doc.scripts == 0 and EVIL not in html
     for i in range(4):
         assert f'href="trials/{i}/index.html"' in html

@@ -171,11 +171,22 @@ def scatter_figure(
     df: pd.DataFrame, x: str, y: str, hue: str | None, log_x: bool = False, title: str = ""
 ) -> str:
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    data = df.dropna(subset=[x, y])
+    # numbers stored next to None arrive as object columns, which seaborn would colour as
+    # categories (one legend entry per unrounded value)
+    cols = [c for c in (x, y, hue) if c and c in df]
+    data = df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in cols})
+    data = data.dropna(subset=[x, y])
     if len(data):
         use_hue = hue if hue and hue in data and data[hue].notna().any() else None
         sns.scatterplot(
-            data=data, x=x, y=y, hue=use_hue, palette="viridis" if use_hue else None, ax=ax, s=60
+            data=data,
+            x=x,
+            y=y,
+            hue=use_hue,
+            palette="viridis" if use_hue else None,
+            legend="brief",  # rounded ticks, not one entry per value
+            ax=ax,
+            s=60,
         )
     if log_x:
         ax.set_xscale("log")
@@ -197,6 +208,32 @@ def history_figure(df: pd.DataFrame, objectives: list[str]) -> str:
         ax.set_xlabel("trial")
         ax.set_ylabel(name)
     fig.tight_layout()
+    return to_svg(fig)
+
+
+def trajectories_figure(curves: list[dict], hue_name: str) -> str:
+    """Test accuracy and λ̂ against step (log axis) for every trial, coloured by ``hue_name``.
+
+    ``curves``: one dict per trial with ``hue`` (a number), ``metrics`` and ``llc`` DataFrames.
+    """
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    hues = [c["hue"] for c in curves if c["hue"] is not None]
+    norm = plt.Normalize(min(hues), max(hues)) if hues else plt.Normalize(0, 1)
+    cmap = plt.get_cmap("viridis")
+    for c in curves:
+        color = cmap(norm(c["hue"])) if c["hue"] is not None else "grey"
+        m, q = c["metrics"], c["llc"]
+        if len(m) and {"step", "test_acc"} <= set(m):
+            axes[0].plot(_steps(m), m["test_acc"], color=color, lw=1.2)
+        if len(q) and {"step", "llc_mean"} <= set(q):
+            axes[1].plot(_steps(q), q["llc_mean"], "o-", color=color, lw=1.2, ms=3)
+    axes[0].set_ylabel("test accuracy")
+    axes[1].set_ylabel("λ̂")
+    axes[1].set_xlabel("training step")
+    axes[1].set_xscale("log")
+    if hues:
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=list(axes), label=hue_name)
     return to_svg(fig)
 
 

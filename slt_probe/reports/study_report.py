@@ -14,7 +14,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from slt_probe.reports import figures
-from slt_probe.reports.run_report import _fmt, environment, write_run_report
+from slt_probe.reports.run_report import _fmt, environment, load_run, write_run_report
 
 OUTCOMES = ("generalisation_step", "final_test_acc", "final_llc", "llc_peak", "lag_steps")
 
@@ -49,15 +49,17 @@ def _importances(study) -> tuple[dict, str]:
 def render_study_report(study, out_dir: Path) -> str:
     trials = study.get_trials(deepcopy=False)
     param_names = sorted({k for t in trials for k in t.params})
-    rows, table = [], []
+    rows, table, curves = [], [], []
     for t in trials:
         row = {
             "number": t.number,
             "state": t.state.name,
             **{f"param:{k}": t.params.get(k) for k in param_names},
         }
-        for i, v in enumerate(t.values or []):
-            row[f"value_{i}"] = v
+        # a pruned trial's "value" is its last intermediate value (test error), not an objective
+        if t.state.name == "COMPLETE":
+            for i, v in enumerate(t.values or []):
+                row[f"value_{i}"] = v
         for key in OUTCOMES:
             v = t.user_attrs.get(key)
             row[key] = v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -70,12 +72,24 @@ def render_study_report(study, out_dir: Path) -> str:
                 href = f"trials/{t.number}/index.html"
             except FileNotFoundError:
                 href = None
+            run = load_run(run_dir) if href else None
+            if run is not None and param_names:
+                hue = t.params.get(param_names[0])
+                curves.append(
+                    {
+                        "hue": hue if isinstance(hue, (int, float)) else None,
+                        "metrics": pd.DataFrame(run["metrics"]),
+                        "llc": pd.DataFrame(run["llc"]),
+                    }
+                )
         table.append(
             {
                 "number": t.number,
                 "state": t.state.name,
                 "params": [_fmt(t.params.get(k)) for k in param_names],
-                "values": ", ".join(_fmt(v) for v in (t.values or [])) or "–",
+                "values": ", ".join(_fmt(v) for v in (t.values or [])) or "–"
+                if t.state.name == "COMPLETE"
+                else "–",
                 **{k: _fmt(row[k]) for k in OUTCOMES},
                 "href": href,
             }
@@ -127,6 +141,10 @@ def render_study_report(study, out_dir: Path) -> str:
             objectives=", ".join(map(str, objectives)),
             fig_history=Markup(figures.history_figure(df, list(map(str, objectives)))),
             param_figs=param_figs,
+            fig_trajectories=Markup(figures.trajectories_figure(curves, param_names[0]))
+            if curves
+            else None,
+            trajectory_param=param_names[0] if param_names else "",
             fig_llc_acc=Markup(figures.scatter_figure(df, "final_test_acc", "final_llc", hue=None)),
             fig_importance=Markup(figures.importance_figure(importances)) if importances else None,
             importance_note=note,
