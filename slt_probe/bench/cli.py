@@ -38,18 +38,23 @@ def _speed(args) -> int:
     import warnings
 
     from slt_probe.bench import speed
+    from slt_probe.sampling.functional import FAST_PATH_MAX_PARAMS
 
     warnings.filterwarnings("ignore")
     peak = speed.matmul_peak_flops()
     variants = {"vmap": {}, "vmap_indep_batches": {"shared_batch": False, "paired": False}}
     rows = []
+    # enough steps that each estimator's fixed set-up (full-data L_n(w*), diagnostics) is small
     workloads = [
         (speed.dln_workload(), args.steps),
-        (speed.mlp_workload(), max(args.steps // 5, 10)),
-        (speed.transformer_workload(), max(args.steps // 10, 10)),
+        (speed.mlp_workload(), max(args.steps // 2, 10)),
+        (speed.transformer_workload(), max(args.steps // 4, 10)),
     ]
     for w, steps in workloads:
-        for row in speed.compare(w, args.chains, steps, variants):
+        extra = {}
+        if w.num_params <= FAST_PATH_MAX_PARAMS:  # show what the hand-batched path buys
+            extra["vmap_generic"] = {"fast_path": False}
+        for row in speed.compare(w, args.chains, steps, {**variants, **extra}):
             row["vmap_vs_devinterp"] = row["vmap"] / row["devinterp"]
             row["vmap_vs_devinterp_loop"] = row["vmap"] / row["devinterp_loop"]
             flops = w.matmul_flops_per_chain_step()
@@ -74,15 +79,48 @@ def _speed(args) -> int:
         "llc_stderr": res.llc_stderr,
     }
     print(f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({draws} draws/chain)")
+    probe_share = _probe_share(args)
     payload = {
         "benchmark": "speed",
         "matmul_peak_gflops": peak / 1e9,
         "time_to_5pct_stderr": precision,
+        "probe_share": probe_share,
         **_machine(),
         "rows": rows,
     }
     _emit(payload, rows, args.json)
     return 0
+
+
+def _probe_share(args) -> dict | None:
+    """The probe's share of wall time in the default grokking run (``models/omnigrok_mnist.toml``):
+    run it with ``--grokking-run`` (~4 minutes), else read the last one in ``--probe-run``."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(args.probe_run)
+    if args.grokking_run:
+        from slt_probe.runs import run_spec
+
+        spec = Path(__file__).resolve().parents[2] / "models" / "omnigrok_mnist.toml"
+        run_spec(spec, out_dir=str(run_dir.parent), name=run_dir.name, progress=False)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        print(f"  probe share: no grokking run at {run_dir} (pass --grokking-run to make one)")
+        return None
+    summary = json.loads(summary_path.read_text())
+    share = {
+        "run_dir": str(run_dir),
+        "status": summary.get("status"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "probe_time_s": summary.get("probe_time_s"),
+        "fraction": summary.get("probe_overhead_fraction"),
+    }
+    print(
+        f"  probe share of the default grokking run ({run_dir}, {share['status']}): "
+        f"{100 * (share['fraction'] or float('nan')):.0f} % of {share['wall_time_s']:.0f} s"
+    )
+    return share
 
 
 def _accuracy(args) -> int:
@@ -119,6 +157,16 @@ def register(sub) -> None:
     s.add_argument("--chains", type=int, nargs="+", default=[1, 4, 8, 16])
     s.add_argument("--steps", type=int, default=200, help="SGLD steps per chain (DLN; MLP uses /5)")
     s.add_argument("--json", default="reports/bench/speed.json")
+    s.add_argument(
+        "--probe-run",
+        default="runs/omnigrok_mnist",
+        help="grokking run whose probe share of wall time is reported",
+    )
+    s.add_argument(
+        "--grokking-run",
+        action="store_true",
+        help="train models/omnigrok_mnist.toml into --probe-run first (~4 minutes)",
+    )
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")

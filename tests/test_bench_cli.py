@@ -1,0 +1,38 @@
+"""`slt-probe bench speed` end to end at toy size: every workload and column is there and the
+figures are finite (no wall times are asserted)."""
+
+import json
+import math
+
+from slt_probe.cli import main
+
+
+def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
+    run_dir = tmp_path / "grok"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {"status": "complete", "wall_time_s": 200.0, "probe_time_s": 60.0,
+             "probe_overhead_fraction": 0.3}
+        )
+    )  # fmt: skip
+    out = tmp_path / "speed.json"
+    argv = ["bench", "speed", "--chains", "1", "2", "--steps", "8", "--json", str(out)]
+    assert main(argv + ["--probe-run", str(run_dir)]) == 0
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+    names = {r["workload"] for r in rows}
+    assert len(names) == 3 and any("mlp" in n for n in names)
+    assert sorted(r["chains"] for r in rows) == [1, 1, 1, 2, 2, 2]
+    for r in rows:
+        for key in ("vmap", "devinterp", "devinterp_loop", "vmap_vs_devinterp"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["workload"], key)
+        # the small DLN is compared with and without the hand-batched Linear-stack path
+        assert ("vmap_generic" in r) == (r["params"] <= 50_000)
+    assert payload["matmul_peak_gflops"] > 0
+    assert payload["probe_share"]["fraction"] == 0.3
+    assert (
+        payload["time_to_5pct_stderr"]["llc_stderr"] <= 0.05 * payload["time_to_5pct_stderr"]["llc"]
+        or payload["time_to_5pct_stderr"]["draws"] >= 64_000
+    )
+    assert "probe share of the default grokking run" in capsys.readouterr().out
