@@ -77,8 +77,13 @@ def _speed(args) -> int:
         "draws": draws,
         "llc": res.llc_mean,
         "llc_stderr": res.llc_stderr,
+        "rel_error": res.llc_mean / case.true_llc - 1.0,
+        "num_burnin": res.num_burnin,
     }
-    print(f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({draws} draws/chain)")
+    print(
+        f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({res.num_burnin} burn-in"
+        f" + {draws} draws/chain; λ̂ {res.llc_mean:.2f} vs λ {case.true_llc:g})"
+    )
     probe_share = _probe_share(args)
     payload = {
         "benchmark": "speed",
