@@ -241,6 +241,7 @@ def test_cli_run(tmp_path, capsys, fake_probe):
             "--set", "model.kwargs.d_mlp=32",
             "--set", "train.steps=20",
             "--set", "train.eval_every=10",
+            "--set", "probe.start=0",
             "--out", str(tmp_path),
             "--name", "cli",
             "--no-report",
