@@ -17,7 +17,8 @@ def make_schedule(
     """Sorted unique steps in [start, total_steps] at which to measure.
 
     ``"log"``: ``num_points`` steps spaced evenly in log(step) from ``start`` to ``total_steps``
-    (both included; in log(step + 1) when ``start`` is 0); ``"linear"``: evenly spaced; a sequence: those steps.
+    (both included; in log(step + 1) when ``start`` is 0); ``"linear"``: evenly spaced; a
+    sequence: those steps.
     Rounding can merge nearby early steps of a log schedule; the duplicates are filled in with the
     nearest unused steps so that ``num_points`` points are kept whenever the range allows.
     """

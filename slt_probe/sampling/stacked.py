@@ -4,9 +4,11 @@
 dispatch and batching rules than in arithmetic. For the most common models in this field (plain
 MLPs and deep linear networks) the C chains can be written out directly:
 
+- activations are kept feature-major, ``[C, features, B]``, so every layer is ``W @ h`` with
+  contiguous operands and no transposes inside the loop;
 - the first layer, whose input minibatch all chains share, is one wide matmul
-  ``x @ [W₁¹; …; W₁ᶜ]ᵀ`` (``[B, in] × [in, C·out]``);
-- every later layer is one ``baddbmm`` over the chain dimension;
+  ``[W₁¹; …; W₁ᶜ] @ xᵀ`` (``[C·out, in] × [in, B]``);
+- every later layer is one ``bmm`` over the chain dimension (plus a broadcast bias);
 - plain autograd differentiates ``Σ_c L_m(w_c)`` with respect to the ``[C, d]`` position, which
   is the per-chain gradient (chain c's loss depends only on row c), already flat.
 
