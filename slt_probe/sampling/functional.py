@@ -19,9 +19,9 @@ from slt_probe.sampling.stacked import Unsupported, make_stacked_grad_and_loss, 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Largest model (trainable parameters) given the hand-batched Linear-stack gradient. It removes
-#: per-op overhead, which is what limits small networks: +38 % chain-steps/s on the 4.4k-parameter
-#: DLN of `slt-probe bench speed` (8 chains); on the 199k-parameter MNIST MLP the step is
-#: matmul-bound and vmap was 4 % faster (interleaved runs on 2 cores).
+#: per-op overhead, which is what limits small networks: +17-65 % chain-steps/s on the
+#: 4.4k-parameter DLN of `slt-probe bench speed` (16 to 1 chains); on the 199k-parameter MNIST MLP
+#: the step is matmul-bound and vmap was 4 % faster (interleaved runs on 2 cores).
 FAST_PATH_MAX_PARAMS = 50_000
 
 
