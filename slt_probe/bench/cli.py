@@ -160,7 +160,12 @@ def register(sub) -> None:
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     s = bsub.add_parser("speed", help="chain-steps/s of vmap vs devinterp, side by side")
     s.add_argument("--chains", type=int, nargs="+", default=[1, 4, 8, 16])
-    s.add_argument("--steps", type=int, default=200, help="SGLD steps per chain (DLN; MLP uses /5)")
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="SGLD steps per chain (DLN; the MLP runs /2, the transformer /4)",
+    )
     s.add_argument("--json", default="reports/bench/speed.json")
     s.add_argument(
         "--probe-run",

@@ -1,12 +1,12 @@
 """Validation table: λ̂ from every estimator against closed-form λ on the truth cases.
 
 For each case of :func:`slt_probe.truth.cases.standard_cases` (plus, in the full table, RRR
-4-3-4 at n = 10⁵ to show the finite-n gap closing): the true λ, λ̂ from
-``estimate_llc`` with the vmap backend (default arguments: SGLD, step_size="auto"), λ̂ from the
-devinterp backend (devinterp 1.3.2's own estimator at the step size the vmap run calibrated;
-shorter chains, it is ~10× slower), and λ̂
-from NUTS on the same localised posterior (an exact sampler with full-batch loss: the finite-n
-reference, free of SG-MCMC bias), each with its relative error (λ̂/λ − 1) and seconds.
+4-3-4 at n = 10⁵ to show the finite-n gap closing): the true λ; λ̂ from ``estimate_llc`` with
+the vmap backend (default arguments: SGLD, step_size="auto"); λ̂ from the devinterp backend
+(devinterp 1.3.2's own estimator at the step size the vmap run calibrated; shorter chains, it is
+~10× slower); and λ̂ from NUTS on the same localised posterior (an exact sampler with full-batch
+loss: the finite-n reference, free of SG-MCMC bias); each with its relative error (λ̂/λ − 1) and
+seconds.
 Written as markdown (``validate.md``), escaped HTML (``validate.html``) and JSON
 (``validate.json``).
 """
