@@ -17,13 +17,15 @@ def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
         )
     )  # fmt: skip
     out = tmp_path / "speed.json"
-    argv = ["bench", "speed", "--chains", "1", "2", "--steps", "8", "--json", str(out)]
+    argv = ["bench", "speed", "--chains", "1", "2", "--steps", "8", "--repeats", "2"]
+    argv += ["--json", str(out)]
     assert main(argv + ["--probe-run", str(run_dir)]) == 0
     payload = json.loads(out.read_text())
     rows = payload["rows"]
     names = {r["workload"] for r in rows}
     assert len(names) == 3 and any("mlp" in n for n in names)
     assert sorted(r["chains"] for r in rows) == [1, 1, 1, 2, 2, 2]
+    assert all(r["repeats"] == 2 for r in rows)  # medians of two interleaved runs
     for r in rows:
         for key in ("vmap", "devinterp", "devinterp_loop", "vmap_vs_devinterp"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["workload"], key)

@@ -54,7 +54,9 @@ def _speed(args) -> int:
         extra = {}
         if w.num_params <= FAST_PATH_MAX_PARAMS:  # show what the hand-batched path buys
             extra["vmap_generic"] = {"fast_path": False}
-        for row in speed.compare(w, args.chains, steps, {**variants, **extra}):
+        for row in speed.compare(
+            w, args.chains, steps, {**variants, **extra}, repeats=args.repeats
+        ):
             row["vmap_vs_devinterp"] = row["vmap"] / row["devinterp"]
             row["vmap_vs_devinterp_loop"] = row["vmap"] / row["devinterp_loop"]
             flops = w.matmul_flops_per_chain_step()
@@ -167,6 +169,9 @@ def register(sub) -> None:
         help="SGLD steps per chain (DLN; the MLP runs /2, the transformer /4)",
     )
     s.add_argument("--json", default="reports/bench/speed.json")
+    s.add_argument(
+        "--repeats", type=int, default=3, help="runs per figure, interleaved; the median is kept"
+    )
     s.add_argument(
         "--probe-run",
         default="runs/omnigrok_mnist",

@@ -188,8 +188,14 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size**3 / best
 
 
-def compare(w: Workload, chains: list[int], steps: int, variants: dict[str, dict]) -> list[dict]:
-    """Rows of chain-steps/s for every variant and chain count, measured interleaved."""
+def compare(
+    w: Workload, chains: list[int], steps: int, variants: dict[str, dict], repeats: int = 3
+) -> list[dict]:
+    """Rows of chain-steps/s for every variant and chain count: each figure is the median of
+    ``repeats`` runs, the variants taking turns within each repeat so that a slow spell of a
+    shared machine hits all of them alike."""
+    import statistics
+
     rows = []
     # Warm-up: imports, allocator and thread-pool start-up are not part of the throughput.
     devinterp_tight_loop(w, 1, 3)
@@ -197,12 +203,16 @@ def compare(w: Workload, chains: list[int], steps: int, variants: dict[str, dict
     for opts in variants.values():
         vmap_seconds(w, 1, 3, **opts)
     for c in chains:
+        runs: dict[str, list[float]] = {}
+        for _ in range(max(1, int(repeats))):
+            runs.setdefault("devinterp_loop", []).append(
+                c * steps / devinterp_tight_loop(w, c, steps)
+            )
+            runs.setdefault("devinterp", []).append(c * steps / devinterp_seconds(w, c, steps))
+            for name, opts in variants.items():
+                runs.setdefault(name, []).append(c * steps / vmap_seconds(w, c, steps, **opts))
         row = {"workload": w.name, "params": w.num_params, "chains": c, "steps": steps}
-        t_loop = devinterp_tight_loop(w, c, steps)
-        row["devinterp_loop"] = c * steps / t_loop
-        t_di = devinterp_seconds(w, c, steps)
-        row["devinterp"] = c * steps / t_di
-        for name, opts in variants.items():
-            row[name] = c * steps / vmap_seconds(w, c, steps, **opts)
+        row.update({name: statistics.median(values) for name, values in runs.items()})
+        row["repeats"] = max(1, int(repeats))
         rows.append(row)
     return rows
