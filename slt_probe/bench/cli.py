@@ -102,8 +102,9 @@ def _speed(args) -> int:
 def _probe_share(args) -> dict | None:
     """The probe's share of wall time in the default grokking run (``models/omnigrok_mnist.toml``):
     run it with ``--grokking-run`` (~4 minutes), else read the last one in ``--probe-run``."""
-    import json
     from pathlib import Path
+
+    from slt_probe.runs.rundir import RunDir
 
     run_dir = Path(args.probe_run)
     if args.grokking_run:
@@ -111,11 +112,10 @@ def _probe_share(args) -> dict | None:
 
         spec = Path(__file__).resolve().parents[2] / "models" / "omnigrok_mnist.toml"
         run_spec(spec, out_dir=str(run_dir.parent), name=run_dir.name, progress=False)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    summary = RunDir(run_dir).read_summary()
+    if summary is None:
         print(f"  probe share: no grokking run at {run_dir} (pass --grokking-run to make one)")
         return None
-    summary = json.loads(summary_path.read_text())
     share = {
         "run_dir": str(run_dir),
         "status": summary.get("status"),

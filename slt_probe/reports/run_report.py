@@ -193,9 +193,14 @@ def render_run_report(run: dict) -> str:
     )
 
 
-def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``<out_dir>/index.html`` (default ``reports/<run name>/``) and return its path."""
-    run = load_run(run_dir)
+def write_run_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, *, run: dict | None = None
+) -> Path:
+    """Write ``<out_dir>/index.html`` (default ``reports/<run name>/``) and return its path.
+
+    ``run``: the run as :func:`load_run` returned it, when the caller already has it."""
+    if run is None:
+        run = load_run(run_dir)
     out = (
         Path(out_dir) if out_dir is not None else DEFAULT_REPORTS_DIR / Path(run_dir).resolve().name
     )

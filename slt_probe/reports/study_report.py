@@ -68,11 +68,12 @@ def render_study_report(study, out_dir: Path) -> str:
         run_dir = t.user_attrs.get("run_dir")
         if run_dir and Path(run_dir).is_dir():
             try:
-                write_run_report(run_dir, out_dir / "trials" / str(t.number))
-                href = f"trials/{t.number}/index.html"
+                run = load_run(run_dir)
             except FileNotFoundError:
-                href = None
-            run = load_run(run_dir) if href else None
+                run = None
+            if run is not None:
+                write_run_report(run_dir, out_dir / "trials" / str(t.number), run=run)
+                href = f"trials/{t.number}/index.html"
             if run is not None and param_names:
                 hue = t.params.get(param_names[0])
                 curves.append(
