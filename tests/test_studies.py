@@ -176,12 +176,17 @@ def test_tiny_study_in_process(tmp_path):
     assert len(study.trials) == 8
 
 
-def test_median_pruner_stops_slow_trials(tmp_path):
+def _median_pruned_study(tmp_path, n_trials: int, n_startup: int, n_warmup: int):
+    """Random-sampled synthetic study maximising final test accuracy under a median pruner."""
     spec = parse_study_spec(base_raw(
-        n_trials=8, sampler={"type": "random"},
-        pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 300},
+        n_trials=n_trials, sampler={"type": "random"},
+        pruner={"type": "median", "n_startup_trials": n_startup, "n_warmup_steps": n_warmup},
         objectives=[{"metric": "final_test_acc"}]))  # fmt: skip
-    study = run_study(spec, out_dir=tmp_path)
+    return run_study(spec, out_dir=tmp_path)
+
+
+def test_median_pruner_stops_slow_trials(tmp_path):
+    study = _median_pruned_study(tmp_path, n_trials=8, n_startup=2, n_warmup=300)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 8
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
@@ -201,11 +206,7 @@ def test_median_pruner_stops_slow_trials(tmp_path):
 def test_a_finished_run_is_never_pruned(tmp_path):
     # warm-up ends at the last step, so the only chance to prune is when the run is done: the
     # trials below the median there keep their result (COMPLETE), which pruning would discard
-    spec = parse_study_spec(base_raw(
-        n_trials=5, sampler={"type": "random"},
-        pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1500},
-        objectives=[{"metric": "final_test_acc"}]))  # fmt: skip
-    study = run_study(spec, out_dir=tmp_path)
+    study = _median_pruned_study(tmp_path, n_trials=5, n_startup=1, n_warmup=1500)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
     finals = [t.intermediate_values[1500] for t in study.trials]
     assert min(finals) < sorted(finals)[2]  # some were below the median at the last step
