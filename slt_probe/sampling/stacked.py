@@ -62,7 +62,8 @@ def stacked_layers(model: nn.Module, names: list[str]) -> list[tuple] | None:
     layers = _sequential_of(model)
     if not layers:
         return None
-    by_id = {id(p): i for i, (k, p) in enumerate(_named_trainable(model, names))}
+    params = dict(model.named_parameters())
+    by_id = {id(params[k]): i for i, k in enumerate(names)}
     plan: list[tuple] = []
     for layer in layers:
         if type(layer) is nn.Linear:
@@ -87,11 +88,6 @@ def stacked_layers(model: nn.Module, names: list[str]) -> list[tuple] | None:
 
 class Unsupported(ValueError):
     """The inputs do not fit the hand-batched path (e.g. Linear over a sequence axis)."""
-
-
-def _named_trainable(model: nn.Module, names: list[str]):
-    params = dict(model.named_parameters())
-    return [(k, params[k]) for k in names]
 
 
 def make_stacked_grad_and_loss(

@@ -19,7 +19,7 @@ import math
 import time
 from pathlib import Path
 
-from slt_probe.truth.cases import TruthCase, standard_cases
+from slt_probe.truth.cases import TruthCase, rrr_case, standard_cases
 
 METHODS = ("sgld", "devinterp", "nuts")
 
@@ -114,8 +114,6 @@ def run_validation(
 def _large_n_rrr(seed: int) -> TruthCase:
     """RRR 4-3-4 (r = 1) again at n = 10⁵: at n = 10⁴ the finite-n λ̂ of reduced-rank regression
     sits ~10 % below λ even for an exact sampler; this row shows the gap closing with n."""
-    from slt_probe.truth.cases import rrr_case
-
     case = rrr_case(4, 3, 4, 1, n=100_000, seed=seed)
     case.name += "_n1e5"
     # devinterp's estimator reads a DataLoader example by example: minibatches of nβ ≈ 8,700
