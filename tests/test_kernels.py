@@ -101,3 +101,68 @@ def test_driver_reports_the_diverging_chain_only():
     assert torch.isfinite(trace.losses[[0, 1, 3]]).all()
     assert torch.isnan(trace.losses[2, -1])
     assert math.isfinite(float(trace.final_position[2]))
+
+
+def test_noise_stream_depends_on_seed_and_shape_only():
+    from slt_probe.sampling.driver import NoiseStream
+
+    big = (4, NoiseStream.PARALLEL_MIN // 2)  # split by chain, drawn on several threads
+    threads = torch.get_num_threads()
+    try:
+        draws = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            stream = NoiseStream(big, 7, device="cpu", dtype=torch.float32)
+            draws[t] = [stream.next().clone() for _ in range(2)]
+            stream.close()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(NoiseStream(big, 7, device="cpu", dtype=torch.float32).generators) == 4
+    assert torch.equal(draws[1][0], draws[2][0]) and torch.equal(draws[1][1], draws[2][1])
+    first, second = draws[1]
+    assert not torch.equal(first, second)
+    # chains are independent standard normals
+    assert abs(float(first.mean())) < 0.01 and float(first.std()) == pytest.approx(1.0, abs=0.01)
+    assert abs(float(torch.corrcoef(first[:2])[0, 1])) < 0.01
+    small = NoiseStream((4, 10), 7, device="cpu", dtype=torch.float64)
+    assert len(small.generators) == 1 and small.next().dtype == torch.float64
+
+
+def _paired_trace(loss_fn, per_example_available: bool):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))
+    flat = FlatModel(model, loss_fn)
+    x = torch.randn(64, 3)
+    y = torch.randint(4, (64,))
+    assert (flat.per_example_losses(flat.w_star, x, y) is not None) == per_example_available
+    config = KernelConfig(step_size=1e-3, nbeta=10.0, localization=1.0, center=flat.w_star)
+    trace = run_chains(
+        make_kernel("sgld", config),
+        flat,
+        x,
+        y,
+        num_chains=3,
+        num_steps=20,
+        batch_size=8,
+        generator=torch.Generator().manual_seed(1),
+        shared_batch=False,
+        paired_reference=True,
+    )
+    # replay the minibatches: the reference must be L_m(w*) on each chain's own batch
+    gen = torch.Generator().manual_seed(1)
+    torch.randint(2**62, (1,), generator=gen)  # the noise seed run_chains draws first
+    expected = torch.empty(3, 20)
+    for t in range(20):
+        idx = torch.randint(64, (3, 8), generator=gen)
+        for c in range(3):
+            expected[c, t] = flat.loss(flat.w_star, x[idx[c]], y[idx[c]])
+    assert torch.allclose(trace.reference_losses, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_paired_reference_from_per_example_losses_equals_the_forward_pass():
+    _paired_trace(nn.CrossEntropyLoss(), per_example_available=True)
+
+
+def test_class_weighted_loss_is_not_taken_for_a_mean_of_examples():
+    weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 0.2, 3.0]))
+    _paired_trace(weighted, per_example_available=False)

@@ -38,7 +38,7 @@ def _speed(args) -> int:
     import warnings
 
     from slt_probe.bench import speed
-    from slt_probe.sampling.functional import FAST_PATH_MAX_PARAMS
+    from slt_probe.sampling.stacked import stacked_layers
 
     warnings.filterwarnings("ignore")
     peak = speed.matmul_peak_flops()
@@ -52,7 +52,8 @@ def _speed(args) -> int:
     ]
     for w, steps in workloads:
         extra = {}
-        if w.num_params <= FAST_PATH_MAX_PARAMS:  # show what the hand-batched path buys
+        names = [k for k, p in w.model.named_parameters() if p.requires_grad]
+        if stacked_layers(w.model, names) is not None:  # show what the hand-batched path buys
             extra["vmap_generic"] = {"fast_path": False}
         for row in speed.compare(
             w, args.chains, steps, {**variants, **extra}, repeats=args.repeats

@@ -18,12 +18,6 @@ from slt_probe.sampling.stacked import Unsupported, make_stacked_grad_and_loss, 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: Largest model (trainable parameters) given the hand-batched Linear-stack gradient. It removes
-#: per-op overhead, which is what limits small networks: +17-65 % chain-steps/s on the
-#: 4.4k-parameter DLN of `slt-probe bench speed` (16 to 1 chains); on the 199k-parameter MNIST MLP
-#: the step is matmul-bound and vmap was 4 % faster (interleaved runs on 2 cores).
-FAST_PATH_MAX_PARAMS = 50_000
-
 
 class FlatModel:
     """View of ``model`` as ``w ↦ loss_fn(model_w(x), y)`` with ``w`` the flat parameter vector.
@@ -73,6 +67,14 @@ class FlatModel:
             out[name] = piece.view(shape)
         return out
 
+    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """Split stacked positions ``[C, d]`` into per-parameter views ``[C, *shape]`` (no copy)."""
+        c = w.shape[0]
+        return [
+            piece.view(c, *shape)
+            for piece, shape in zip(torch.split(w, self.numels, dim=1), self.shapes)
+        ]
+
     def flatten_params(self) -> torch.Tensor:
         return self.w_star.clone()
 
@@ -84,10 +86,15 @@ class FlatModel:
         """Mean minibatch loss L_m(w) (the loss function's units)."""
         return self.loss_fn(self.forward(w, x), y)
 
+    def _loss_of_pieces(self, pieces: list[torch.Tensor], x, y) -> torch.Tensor:
+        tensors = {**self.buffers, **self.frozen, **dict(zip(self.names, pieces))}
+        return self.loss_fn(functional_call(self.model, tensors, (x,)), y)
+
     def batched_grad_and_loss(
         self, shared_batch: bool
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``(W [C,d], x, y) ↦ (∇L_m [C,d], L_m [C])`` for C chains at once.
+        """``(W [C,d], x, y, out=None) ↦ (∇L_m [C,d], L_m [C])`` for C chains at once (the
+        gradient written into ``out`` when given).
 
         With ``shared_batch`` every chain sees the same minibatch (``x``: ``[B, ...]``), which lets
         the first layer run as one wide matmul; otherwise ``x`` is ``[C, B, ...]``. Linear +
@@ -95,9 +102,17 @@ class FlatModel:
         (unless ``fast_path=False``); everything else goes through ``vmap(grad_and_value)``.
         """
         in_dims = (0, None, None) if shared_batch else (0, 0, 0)
-        general = vmap(grad_and_value(self.loss), in_dims=in_dims)
-        small = self.dim <= FAST_PATH_MAX_PARAMS
-        plan = stacked_layers(self.model, self.names) if self.fast_path and small else None
+        per_piece = vmap(grad_and_value(self._loss_of_pieces), in_dims=in_dims)
+
+        def general(w, x, y, out=None):
+            # Differentiate with respect to each parameter's own view, then concatenate once:
+            # the gradient of a slice of a flat leaf is a zero-filled [C, d] tensor per
+            # parameter (8 ms of a 17 ms step of the 199k-parameter MLP at 8 chains).
+            grads, loss = per_piece(self.split(w.detach()), x, y)
+            flat = torch.cat([g.reshape(w.shape[0], -1) for g in grads], dim=1, out=out)
+            return flat, loss
+
+        plan = stacked_layers(self.model, self.names) if self.fast_path else None
         if plan is None:
             return general
         fast = make_stacked_grad_and_loss(
@@ -105,16 +120,48 @@ class FlatModel:
         )
         use_fast = True
 
-        def grad_and_loss(w, x, y):
+        def grad_and_loss(w, x, y, out=None):
             nonlocal use_fast
             if use_fast:
                 try:
-                    return fast(w, x, y)
+                    return fast(w, x, y, out=out)
                 except Unsupported:
                     use_fast = False
-            return general(w, x, y)
+            return general(w, x, y, out=out)
 
         return grad_and_loss
+
+    @torch.no_grad()
+    def per_example_losses(
+        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
+    ) -> torch.Tensor | None:
+        """ℓ_i(w) for every example, ``[n]``, when the loss is their mean; otherwise ``None``.
+
+        ``loss_fn`` is only known as a batch-mean scalar, so each example's loss is the loss of
+        a batch of one (vmapped), and the claim L_m = mean_i ℓ_i is checked on two minibatches
+        before it is used (a class-weighted or sum-reduced loss fails it and gets ``None``).
+        """
+        outs = [self.forward(w, x[s : s + chunk]) for s in range(0, x.shape[0], chunk)]
+        out = torch.cat(outs)
+        try:
+            single = vmap(lambda o, t: self.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
+            per = torch.cat(
+                [single(out[s : s + chunk], y[s : s + chunk]) for s in range(0, len(out), chunk)]
+            )
+        except Exception:  # a loss vmap cannot batch: fall back to a forward pass per step
+            return None
+        if per.shape != (x.shape[0],):
+            return None
+        g = torch.Generator().manual_seed(0)
+        for size in (min(7, len(per)), min(64, len(per))):
+            idx = torch.randperm(len(per), generator=g)[:size].to(per.device)
+            batch = self.loss_fn(out[idx], y[idx])
+            mean = per[idx].to(torch.float64).mean()
+            if batch.dim() != 0 or not torch.isclose(
+                batch.to(torch.float64), mean, rtol=1e-5, atol=1e-7 * float(mean.abs()) + 1e-12
+            ):
+                return None
+        return per
 
     @torch.no_grad()
     def full_loss(

@@ -56,6 +56,7 @@ class SGLD:
 
         Δw = −(ε/2)·∇U_m(w) + N(0, ε·I).
 
+    ``step`` updates ``state.position`` in place (the driver owns the state).
     Stable for ε·a_max < 4 (a_max the largest curvature of U); the stationary variance along a
     direction of curvature a is 1/(a·(1 − εa/4)), so the relative discretisation bias is ≈ εa/4.
     """
@@ -76,11 +77,15 @@ class SGLD:
     def step(
         self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
-        eps = self.config.step_size
+        # In place: w − (ε/2)γ(w − w*) is lerp(w, w*, εγ/2), then gradient and noise are added.
+        # A fresh [C, d] tensor per step comes from the OS page by page on CPU (glibc returns
+        # large freed blocks), which cost more than the arithmetic: 2.9 vs 0.4 ms on the MLP.
+        cfg, eps = self.config, self.config.step_size
         w = state.position
-        drift = self.config.potential_grad(w, grad_loss)
-        w = w.add(drift, alpha=-0.5 * eps).add_(noise, alpha=math.sqrt(eps))
-        return replace(state, position=w)
+        if cfg.localization:
+            w.lerp_(cfg.center, 0.5 * eps * cfg.localization)
+        w.add_(grad_loss, alpha=-0.5 * eps * cfg.nbeta).add_(noise, alpha=math.sqrt(eps))
+        return state
 
 
 class SGNHT:
