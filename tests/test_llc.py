@@ -233,3 +233,32 @@ def test_other_samplers_estimate_the_regular_llc(sampler):
     )
     assert res.sampler == sampler
     assert res.llc_mean == pytest.approx(truth, rel=0.2)
+
+
+def test_auto_step_repeats_a_diverged_main_run_at_a_quarter_of_the_step(monkeypatch):
+    """A pilot that missed the curvature which breaks the main run: "auto" retries at ε/4."""
+    from slt_probe.estimators import llc as llc_module
+    from slt_probe.estimators.calibration import Calibration
+
+    model, data, truth = linear_regression(n=2000)
+    # the curvature of nβ·L_n here is ≈ nβ ≈ 263; ε = 0.06 gives ε·a ≈ 16 (divergent), ε/4
+    # still ≈ 4 (divergent), ε/16 ≈ 1 (stable)
+    bad = Calibration(step_size=0.06, accuracy=0.2, curvature_at_w_star=1.0, reason="forced")
+    monkeypatch.setattr(llc_module.Problem, "calibrate", lambda self, **kw: bad)
+    res = estimate_llc(model, half_sq, data, num_draws=400, num_burnin=200, seed=0)
+    retries = res.diagnostics.calibration["main_run_retries"]
+    assert [r["step_size"] for r in retries] == pytest.approx([0.06, 0.015])
+    assert all(r["diverged_chains"] > 0 for r in retries)
+    assert res.step_size == pytest.approx(0.06 / 16)
+    assert res.diagnostics.calibration["step_size"] == pytest.approx(0.06 / 16)
+    assert res.diagnostics.num_diverged == 0
+    assert "repeated at ε/4" in res.diagnostics.warnings[0]
+    # stable, though ε·a ≈ 1 still carries its discretisation bias (+25 % and more)
+    assert truth < res.llc_mean < 2 * truth
+
+
+def test_fixed_step_size_is_never_changed_behind_the_user():
+    model, data, _ = linear_regression(n=1000)
+    res = estimate_llc(model, half_sq, data, step_size=1.0, num_draws=30, num_burnin=0)
+    assert res.step_size == 1.0 and res.diagnostics.num_diverged == 4
+    assert "main_run_retries" not in res.diagnostics.calibration

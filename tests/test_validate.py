@@ -36,8 +36,10 @@ def test_quick_validate_runs_every_method_on_every_case(quick_table):
     assert abs(by_case["rrr"]["nuts"]["rel_error"]) < 0.10
     assert abs(by_case["normal"]["nuts"]["rel_error"]) < 0.25
     for row in rows:
-        # SGLD with default arguments within 20 % of λ; devinterp's short chains within 40 %.
-        assert abs(row["sgld"]["rel_error"]) < 0.20, row
+        # SGLD with default arguments within 20 % of λ, and on the normal crossing within 25 %
+        # like NUTS (its finite-n value is ~18 % below λ); devinterp's short chains within 40 %.
+        bound = 0.25 if row["case"].startswith("normal") else 0.20
+        assert abs(row["sgld"]["rel_error"]) < bound, row
         assert abs(row["devinterp"]["rel_error"]) < 0.40, row
         assert row["nuts"]["r_hat"] < 1.2, row
 

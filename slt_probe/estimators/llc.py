@@ -99,8 +99,9 @@ def estimate_llc(
         minibatch noise).
     paired: evaluate w* on every minibatch too and average L_m(w_t) − L_m(w*) instead of
         L_m(w_t) − L_n(w*). Same expectation (the minibatch at step t is drawn independently of
-        w_t), but the minibatch noise, which otherwise dominates the spread of λ̂, cancels. Costs
-        one forward pass per step.
+        w_t), but the minibatch noise, which otherwise dominates the spread of λ̂, cancels. When
+        the loss is a mean of per-example losses (checked) those are computed once at w*;
+        otherwise it costs one forward pass per step.
     accuracy: target ε·a_max for ``step_size="auto"`` (relative bias ≈ accuracy/4).
     fast_path: for Linear + activation stacks (MLPs, deep linear networks) compute the chains'
         gradients with hand-batched matmuls instead of ``vmap`` (same numbers, fewer ops; see
@@ -176,10 +177,27 @@ def estimate_llc(
         eps = float(step_size)
     chains = problem.chains
 
-    runs = []
-    for f in factors:
-        trace = chains(eps * f, num_burnin + num_draws, seed, num_chains)
-        runs.append((eps * f, trace))
+    # A short pilot cannot visit every wall of a singular basin: on a normal crossing a chain
+    # can wander thousands of steps before it meets curvature ε is too large for. With "auto"
+    # the main run is therefore repeated at ε/4 (up to twice) when any chain diverged.
+    retries_left = _AUTO_RETRIES if step_size == "auto" else 0
+    retried = []
+    while True:
+        runs = [
+            (eps * f, chains(eps * f, num_burnin + num_draws, seed, num_chains)) for f in factors
+        ]
+        diverged = sum(int((t.diverged_at >= 0).sum()) for _, t in runs)
+        if not diverged or not retries_left:
+            break
+        retried.append({"step_size": eps, "diverged_chains": diverged})
+        eps, retries_left = eps / 4, retries_left - 1
+    if retried:
+        calibration["main_run_retries"] = retried
+        calibration["step_size"] = eps
+        calibration["reason"] += "".join(
+            f"; main run at ε={r['step_size']:.3g} had {r['diverged_chains']} diverged chain(s): ε/4"
+            for r in retried
+        )
     eps_used, trace = runs[0] if len(runs) == 1 else runs[-1]
 
     losses, excess, llc_per_chain = _chain_llc(trace, init_loss, nbeta, num_burnin)
@@ -188,6 +206,12 @@ def estimate_llc(
         excess, llc_per_chain, diverged_at, nbeta=nbeta, num_burnin=num_burnin
     )
     diagnostics.calibration = calibration
+    for r in retried:
+        diagnostics.warnings.insert(
+            0,
+            f"step_size='auto': {r['diverged_chains']} chain(s) diverged at ε={r['step_size']:.3g}; "
+            "the run was repeated at ε/4 (the pilot had not met the curvature that broke them).",
+        )
 
     extrapolation = None
     if len(runs) > 1:
@@ -373,6 +397,10 @@ def calibrate(
         device=device,
     )
     return problem.calibrate(num_chains=num_chains, num_burnin=num_burnin, accuracy=accuracy)
+
+
+#: How many times ``step_size="auto"`` repeats a main run, at ε/4, when a chain diverged.
+_AUTO_RETRIES = 2
 
 
 def _extrapolation_factors(extrapolate) -> list[float]:
