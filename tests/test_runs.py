@@ -277,6 +277,7 @@ def test_real_probe_on_a_tiny_dln_run(tmp_path):
             "probe.num_draws": 50,
             "probe.num_burnin": 20,
             "probe.step_size": 1e-5,
+            "probe.compute_dtype": "bfloat16",
             "probe.hessian_kwargs.k": 3,
             "probe.hessian_kwargs.num_probes": 2,
         },
@@ -291,6 +292,7 @@ def test_real_probe_on_a_tiny_dln_run(tmp_path):
     for row in llc:
         assert row["train_loss"] == metrics[row["step"]]["train_loss"]
         assert row["hessian_eff_dim"] is not None and row["num_chains"] == 2
+        assert row["compute_dtype"] == "bfloat16"  # the spec's estimate_llc options reach it
     assert math.isfinite(llc[-1]["llc_mean"]) and llc[-1]["llc_mean"] > 0
     assert summary["final"]["llc_mean"] == llc[-1]["llc_mean"]
     assert summary["truth"]["llc"] == 21.5

@@ -71,6 +71,7 @@ def test_switching_data_kind_by_override():
         ("data.p=5", "unknown spec key 'data.p'"),  # mnist has no p
         ("probe.step_size=fast", "probe.step_size must be a positive number or 'auto'"),
         ("probe.num_chains=0", "probe.num_chains must be >= 1"),
+        ("probe.compute_dtype=int8", "probe.compute_dtype must be one of"),
         ("data.train_size=4500", "data.train_size + data.test_size must be <= 5000"),
         ("model.init_scale=0", "model.init_scale must be > 0"),
         ("bogus.x=1", "unknown spec key 'bogus.x'"),

@@ -42,7 +42,12 @@ def _speed(args) -> int:
 
     warnings.filterwarnings("ignore")
     peak = speed.matmul_peak_flops()
-    variants = {"vmap": {}, "vmap_indep_batches": {"shared_batch": False, "paired": False}}
+    variants = {
+        "vmap": {},
+        "vmap_indep_batches": {"shared_batch": False, "paired": False},
+        "vmap_bf16": {"compute_dtype": "bfloat16"},
+    }
+    loops = {"devinterp_loop": None, "devinterp_loop_bf16": torch.bfloat16}
     rows = []
     # enough steps that each estimator's fixed set-up (full-data L_n(w*), diagnostics) is small
     workloads = [
@@ -56,17 +61,20 @@ def _speed(args) -> int:
         if stacked_layers(w.model, names) is not None:  # show what the hand-batched path buys
             extra["vmap_generic"] = {"fast_path": False}
         for row in speed.compare(
-            w, args.chains, steps, {**variants, **extra}, repeats=args.repeats
+            w, args.chains, steps, {**variants, **extra}, repeats=args.repeats, loops=loops
         ):
             row["vmap_vs_devinterp"] = row["vmap"] / row["devinterp"]
             row["vmap_vs_devinterp_loop"] = row["vmap"] / row["devinterp_loop"]
+            row["bf16_vmap_vs_devinterp_loop_bf16"] = row["vmap_bf16"] / row["devinterp_loop_bf16"]
+            row["bf16_vmap_vs_devinterp_loop"] = row["vmap_bf16"] / row["devinterp_loop"]
             flops = w.matmul_flops_per_chain_step()
             row["vmap_peak_fraction"] = row["vmap"] * flops / peak
             row["devinterp_loop_peak_fraction"] = row["devinterp_loop"] * flops / peak
             rows.append(row)
             print(
                 f"  {w.name} chains={row['chains']}: vmap {row['vmap']:.0f}/s, "
-                f"devinterp {row['devinterp']:.0f}/s, devinterp loop {row['devinterp_loop']:.0f}/s",
+                f"devinterp {row['devinterp']:.0f}/s, devinterp loop {row['devinterp_loop']:.0f}/s; "
+                f"bf16: vmap {row['vmap_bf16']:.0f}/s, loop {row['devinterp_loop_bf16']:.0f}/s",
                 flush=True,
             )
     from slt_probe.truth.cases import dln_case

@@ -7,6 +7,9 @@ Figures are chain-steps per second (one SGLD update of one chain = one chain-ste
   ``estimate_learning_coeff_with_summary`` over a DataLoader, as its users run it;
 - ``devinterp_loop``: devinterp's ``SGMCMC.sgld`` optimizer stepped in a tight Python loop over
   in-memory tensors, chain after chain (the fastest way to use devinterp);
+- ``vmap_bf16`` / ``devinterp_loop_bf16``: the same two with the forward and backward passes in
+  bfloat16 (``compute_dtype="bfloat16"``; the loop under ``torch.autocast``), so that the
+  low-precision figures are compared with low precision;
 
 and the fraction of the machine's dense matmul peak (FLOP/s of a large ``torch.mm``) that one
 SGLD step reaches, counting 6·B·(weights) FLOPs per chain-step for a Linear network (forward
@@ -121,8 +124,12 @@ def seconds_to_precision(
         draws *= 2
 
 
-def devinterp_tight_loop(w: Workload, num_chains: int, steps: int, seed: int = 0) -> float:
-    """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory."""
+def devinterp_tight_loop(
+    w: Workload, num_chains: int, steps: int, seed: int = 0, autocast: torch.dtype | None = None
+) -> float:
+    """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory
+    (with ``autocast``, forward and loss under ``torch.autocast("cpu", autocast)``)."""
+    import contextlib
     import copy
 
     from devinterp.optim.sgmcmc import SGMCMC
@@ -131,6 +138,12 @@ def devinterp_tight_loop(w: Workload, num_chains: int, steps: int, seed: int = 0
     n = x.shape[0]
     nbeta = n / math.log(n)
     gen = torch.Generator().manual_seed(seed)
+
+    def ctx():
+        if autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=autocast)
+
     start = time.perf_counter()
     for _ in range(num_chains):
         model = copy.deepcopy(w.model)
@@ -140,7 +153,8 @@ def devinterp_tight_loop(w: Workload, num_chains: int, steps: int, seed: int = 0
         for _ in range(steps):
             idx = torch.randint(n, (w.batch_size,), generator=gen)
             opt.zero_grad()
-            loss = w.loss_fn(model(x[idx]), y[idx])
+            with ctx():
+                loss = w.loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
     return time.perf_counter() - start
@@ -189,25 +203,34 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def compare(
-    w: Workload, chains: list[int], steps: int, variants: dict[str, dict], repeats: int = 3
+    w: Workload,
+    chains: list[int],
+    steps: int,
+    variants: dict[str, dict],
+    repeats: int = 3,
+    loops: dict[str, torch.dtype | None] | None = None,
 ) -> list[dict]:
     """Rows of chain-steps/s for every variant and chain count: each figure is the median of
     ``repeats`` runs, the variants taking turns within each repeat so that a slow spell of a
-    shared machine hits all of them alike."""
+    shared machine hits all of them alike. ``loops`` names devinterp tight-loop columns and
+    their autocast dtype (default: one float32 loop, ``devinterp_loop``)."""
     import statistics
 
+    loops = {"devinterp_loop": None} if loops is None else loops
     rows = []
     # Warm-up: imports, allocator and thread-pool start-up are not part of the throughput.
-    devinterp_tight_loop(w, 1, 3)
+    for dtype in loops.values():
+        devinterp_tight_loop(w, 1, 3, autocast=dtype)
     devinterp_seconds(w, 1, 3)
     for opts in variants.values():
         vmap_seconds(w, 1, 3, **opts)
     for c in chains:
         runs: dict[str, list[float]] = {}
         for _ in range(max(1, int(repeats))):
-            runs.setdefault("devinterp_loop", []).append(
-                c * steps / devinterp_tight_loop(w, c, steps)
-            )
+            for name, dtype in loops.items():
+                runs.setdefault(name, []).append(
+                    c * steps / devinterp_tight_loop(w, c, steps, autocast=dtype)
+                )
             runs.setdefault("devinterp", []).append(c * steps / devinterp_seconds(w, c, steps))
             for name, opts in variants.items():
                 runs.setdefault(name, []).append(c * steps / vmap_seconds(w, c, steps, **opts))

@@ -41,6 +41,8 @@ class LLCResult:
     mean and standard deviation across the non-diverged chains (dimensionless, in units of the
     learning coefficient λ); ``llc_per_chain`` has NaN for diverged chains. ``loss_trace`` is the
     sampled loss per draw (chains × draws, after burn-in, in the loss function's own units).
+    ``compute_dtype`` names the dtype of the forward/backward passes when it was not the
+    model's own (``estimate_llc(compute_dtype=...)``), else ``None``.
     """
 
     llc_mean: float
@@ -61,6 +63,7 @@ class LLCResult:
     diagnostics: Diagnostics
     wall_time_s: float
     extrapolation: dict[str, Any] | None = None
+    compute_dtype: str | None = None
 
     @property
     def llc_stderr(self) -> float:

@@ -138,6 +138,7 @@ class LLCProbe:
             "localization": res.localization,
             "num_chains": res.num_chains,
             "num_draws": res.num_draws,
+            "compute_dtype": res.compute_dtype,
             "init_loss": res.init_loss,
             "r_hat": d.r_hat,
             "ess": d.ess,

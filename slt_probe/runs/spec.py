@@ -209,6 +209,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
         "paired": (_bool, True),
         "shared_batch": (_bool, True),
         "sampler_options": (_table, {}),
+        # forward/backward dtype of the chains (None: the model's); see estimate_llc
+        "compute_dtype": (_optional(_choice(("bfloat16", "float16", "float32", "float64"))), None),
     },
 }
 

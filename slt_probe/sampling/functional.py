@@ -19,11 +19,40 @@ from slt_probe.sampling.stacked import Unsupported, make_stacked_grad_and_loss, 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+def resolve_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bfloat16"``/``"bf16"``, ``"float32"`` … → a floating dtype."""
+    if value is None or isinstance(value, torch.dtype) and value.is_floating_point:
+        return value
+    if isinstance(value, str) and value.lower() in _DTYPES:
+        return _DTYPES[value.lower()]
+    raise ValueError(
+        f"compute_dtype must be a floating torch dtype or one of {sorted(_DTYPES)}, got {value!r}"
+    )
+
+
 class FlatModel:
     """View of ``model`` as ``w ↦ loss_fn(model_w(x), y)`` with ``w`` the flat parameter vector.
 
     Only parameters with ``requires_grad`` are sampled; frozen parameters and buffers are
     passed through unchanged.
+
+    ``compute_dtype`` (e.g. ``torch.bfloat16``) runs the model's forward and backward passes in
+    that dtype: parameters, floating buffers and inputs are cast on the way in, outputs are
+    cast back before ``loss_fn``, so positions, gradients and losses keep the model's dtype.
+    Every loss, w*'s included, goes through the same arithmetic, so the rounding of the cast
+    largely cancels in L(w) − L(w*).
     """
 
     def __init__(
@@ -32,6 +61,7 @@ class FlatModel:
         loss_fn: LossFn,
         device: torch.device | None = None,
         fast_path: bool = True,
+        compute_dtype: torch.dtype | str | None = None,
     ):
         self.model = model
         self.loss_fn = loss_fn
@@ -45,16 +75,19 @@ class FlatModel:
         first = named[0][1]
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = first.dtype
+        self.compute_dtype = resolve_dtype(compute_dtype) or self.dtype
         self.names = [k for k, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.dim = int(sum(self.numels))
         self.frozen = {
-            k: p.detach().to(self.device)
+            k: self._lower(p.detach().to(self.device))
             for k, p in model.named_parameters()
             if not p.requires_grad
         }
-        self.buffers = {k: b.detach().to(self.device) for k, b in model.named_buffers()}
+        self.buffers = {
+            k: self._lower(b.detach().to(self.device)) for k, b in model.named_buffers()
+        }
         with torch.no_grad():
             self.w_star = torch.cat([p.detach().reshape(-1) for _, p in named]).to(
                 device=self.device, dtype=self.dtype
@@ -78,17 +111,28 @@ class FlatModel:
     def flatten_params(self) -> torch.Tensor:
         return self.w_star.clone()
 
+    def _lower(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the compute dtype (floating tensors only)."""
+        if t.is_floating_point() and t.dtype != self.compute_dtype:
+            return t.to(self.compute_dtype)
+        return t
+
+    def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        params = {k: self._lower(v) for k, v in params.items()}
+        out = functional_call(
+            self.model, {**self.buffers, **self.frozen, **params}, (self._lower(x),)
+        )
+        return out.to(self.dtype) if out.is_floating_point() and out.dtype != self.dtype else out
+
     def forward(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tensors = {**self.buffers, **self.frozen, **self.unflatten(w)}
-        return functional_call(self.model, tensors, (x,))
+        return self._call(self.unflatten(w), x)
 
     def loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean minibatch loss L_m(w) (the loss function's units)."""
         return self.loss_fn(self.forward(w, x), y)
 
     def _loss_of_pieces(self, pieces: list[torch.Tensor], x, y) -> torch.Tensor:
-        tensors = {**self.buffers, **self.frozen, **dict(zip(self.names, pieces))}
-        return self.loss_fn(functional_call(self.model, tensors, (x,)), y)
+        return self.loss_fn(self._call(dict(zip(self.names, pieces)), x), y)
 
     def batched_grad_and_loss(
         self, shared_batch: bool
@@ -116,7 +160,7 @@ class FlatModel:
         if plan is None:
             return general
         fast = make_stacked_grad_and_loss(
-            plan, self.numels, self.shapes, self.loss_fn, shared_batch
+            plan, self.numels, self.shapes, self.loss_fn, shared_batch, self.compute_dtype
         )
         use_fast = True
 

@@ -98,8 +98,13 @@ def make_stacked_grad_and_loss(
     shapes: list[torch.Size],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shared_batch: bool,
+    compute_dtype: torch.dtype | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``(W [C,d], x, y) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path."""
+    """``(W [C,d], x, y) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path.
+
+    With ``compute_dtype`` the layers run in that dtype (weights and input cast on the way in,
+    the output cast back before the loss), as :class:`~slt_probe.sampling.functional.FlatModel`
+    does."""
     offsets = [0]
     for k in numels:
         offsets.append(offsets[-1] + k)
@@ -112,7 +117,11 @@ def make_stacked_grad_and_loss(
     def forward(pieces: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # Feature-major layout: activations are kept as [C, features, B] so that every layer is
         # W [C, out, in] @ h [C, in, B] with contiguous operands (no transposes in the loop).
-        c = pieces[0].shape[0]
+        c, out_dtype = pieces[0].shape[0], pieces[0].dtype
+        low = compute_dtype if compute_dtype not in (None, out_dtype) else None
+        if low is not None:
+            pieces = [p.to(low) for p in pieces]
+            x = x.to(low) if x.is_floating_point() else x
         h, per_chain = x, not shared_batch
         major = False  # h is still in the input's own layout ([B, ...] or [C, B, ...])
         for op in plan:
@@ -134,7 +143,8 @@ def make_stacked_grad_and_loss(
                 if major:
                     raise Unsupported("Flatten after a Linear layer")
                 h = h.flatten(op[1] + (1 if per_chain else 0))
-        return h.transpose(1, 2) if major else h
+        h = h.transpose(1, 2) if major else h
+        return h.to(out_dtype) if low is not None else h
 
     def grad_and_loss(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out=None):
         with torch.enable_grad():
