@@ -150,6 +150,8 @@ def _accuracy(args) -> int:
         kwargs.update(num_draws=1000, num_burnin=1000)
     if args.extrapolate:
         kwargs["extrapolate"] = True
+    if args.compute_dtype:
+        kwargs["compute_dtype"] = args.compute_dtype
     criterion, extra = benchmark_cases(quick=args.quick, seed=args.seed)
     rows, summary = accuracy_table(criterion, **kwargs)
     extra_rows = accuracy_table(extra, **kwargs)[0] if extra else []
@@ -197,5 +199,10 @@ def register(sub) -> None:
     a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld"])
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--extrapolate", action="store_true", help="estimate_llc(extrapolate=True)")
+    a.add_argument(
+        "--compute-dtype",
+        choices=["bfloat16", "float16"],
+        help="estimate_llc(compute_dtype=...): forward/backward passes in low precision",
+    )
     a.add_argument("--json", default="reports/bench/accuracy.json")
     a.set_defaults(func=_accuracy)

@@ -8,12 +8,14 @@ which it left is reported: a diverging chain never reaches the mean silently.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, fields
 
 import torch
 
 from slt_probe.sampling.functional import FlatModel
+from slt_probe.sampling.groups import ChainGroups, num_groups, splittable
+from slt_probe.sampling.kernels import SamplerState
 
 _CHECK_EVERY = 25  # divergence is checked per block: cheap, and NaN cannot leak across chains
 
@@ -38,48 +40,37 @@ class NoiseStream:
     """N(0, I) tensors of shape ``[C, d]``, one per step, from generators seeded by ``seed``.
 
     On CPU ``randn`` is a single-threaded pass (≈ 2.4 ns a number here: 3.8 ms of a 12 ms step of
-    the 199k-parameter MLP at 8 chains). Large draws are therefore split by chain, each chain with
-    its own generator, and the chains are shared out over ``torch.get_num_threads()`` threads
-    (torch releases the GIL inside ``normal_``): 3.7 → 1.9 ms on 2 cores. The numbers depend
-    only on the seed and the shape, never on the thread count or timing. Small draws (under
-    ``PARALLEL_MIN`` numbers, or not on CPU) come from one generator in one call.
+    the 199k-parameter MLP at 8 chains). Large draws (``split``) therefore give every chain its
+    own generator, so that blocks of chains can be drawn on different threads
+    (:mod:`slt_probe.sampling.groups`); the numbers depend only on the seed and the shape, never
+    on how the chains are grouped. Otherwise one generator draws the whole tensor in one call.
     """
 
-    PARALLEL_MIN = 1 << 18
-
-    def __init__(self, shape, seed: int, *, device, dtype):
+    def __init__(self, shape, seed: int, *, device, dtype, split: bool = False):
         self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
         chains = self.shape[0]
-        numel = chains * (self.shape[1] if len(self.shape) > 1 else 1)
-        split = self.device.type == "cpu" and chains > 1 and numel >= self.PARALLEL_MIN
         root = torch.Generator().manual_seed(seed)
         seeds = [int(s) for s in torch.randint(2**62, (chains if split else 1,), generator=root)]
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        threads = min(torch.get_num_threads(), chains) if split else 1
-        # chain c is drawn by thread c mod threads; thread 0 is the caller itself
-        self._groups = [list(range(t, chains, threads)) for t in range(threads)]
-        self._pool = ThreadPoolExecutor(threads - 1, "slt-noise") if threads > 1 else None
+        # one buffer, overwritten by every draw: a fresh [C, d] tensor per step costs page
+        # faults on CPU (glibc returns large freed blocks to the OS)
         self._out = torch.empty(self.shape, device=self.device, dtype=dtype)
 
-    def _fill(self, out: torch.Tensor, chains: list[int]) -> None:
-        for c in chains:
-            out[c].normal_(generator=self.generators[c])
-
-    def next(self) -> torch.Tensor:
-        """The next draw, written into one buffer that the following call overwrites (a fresh
-        [C, d] tensor per step costs page faults on CPU): consume it before drawing again."""
-        out = self._out
+    def draw(self, lo: int, hi: int) -> torch.Tensor:
+        """This step's noise for chains ``[lo, hi)`` (rows of the shared buffer: consume it
+        before the next draw). Without ``split`` only the whole range can be drawn."""
+        out = self._out[lo:hi]
         if len(self.generators) == 1:
+            if (lo, hi) != (0, self.shape[0]):
+                raise ValueError("a NoiseStream without split draws all chains at once")
             return out.normal_(generator=self.generators[0])
-        pending = [self._pool.submit(self._fill, out, g) for g in self._groups[1:]]
-        self._fill(out, self._groups[0])
-        for job in pending:
-            job.result()
+        for c in range(lo, hi):
+            self._out[c].normal_(generator=self.generators[c])
         return out
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+    def next(self) -> torch.Tensor:
+        """The next draw for every chain."""
+        return self.draw(0, self.shape[0])
 
 
 def sample_batch_indices(
@@ -117,7 +108,6 @@ def run_chains(
     n = x.shape[0]
     full_batch = batch_size >= n
     shared = shared_batch or full_batch
-    grad_fn = flat.batched_grad_and_loss(shared_batch=shared)
     ref_fn = _reference_loss(flat, x, y, shared) if paired_reference else None
     if ref_fn is not None:
         ref = torch.full(
@@ -129,16 +119,37 @@ def run_chains(
         else init_position.clone()
     )
     state = kernel.init(start)
-    grad_buffer = torch.empty_like(start)  # reused every step: see NoiseStream.next
+    grad_buffer = torch.empty_like(start)  # reused every step: see NoiseStream
+    groups = num_groups(flat.device, num_chains, flat.dim)
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
-    # chains can be drawn in parallel while minibatch indices come from `generator`.
+    # blocks of chains can draw theirs on their own threads.
     seed = int(torch.randint(2**62, (1,), generator=generator))
-    noise = NoiseStream(start.shape, seed, device=flat.device, dtype=flat.dtype)
+    split = splittable(flat.device, num_chains, flat.dim)  # per-chain noise: by shape alone
+    noise = NoiseStream(start.shape, seed, device=flat.device, dtype=flat.dtype, split=split)
     losses = torch.full((num_chains, num_steps), float("nan"), dtype=flat.dtype, device=flat.device)
     diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
     alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
+    lock = threading.Lock()
+    step = {}  # this step's minibatch and index, read by every block
+
+    def advance(lo: int, hi: int) -> None:
+        """One kernel step of chains [lo, hi): gradient, loss, noise, update."""
+        xb, yb, t = step["x"], step["y"], step["t"]
+        if not shared:
+            xb, yb = xb[lo:hi], yb[lo:hi]
+        part = _rows(state, lo, hi)
+        grads, loss = grad_fns[lo](part.position, xb, yb, out=grad_buffer[lo:hi])
+        losses[lo:hi, t] = loss.detach()
+        _write_rows(state, kernel.step(part, grads, noise.draw(lo, hi)), lo, hi, lock)
+
     block_start = 0
+    runner = ChainGroups(num_chains, groups)
     try:
+        # one gradient function per block, each over its own copy of the module
+        grad_fns = {
+            lo: (flat if i == 0 else flat.replica()).batched_grad_and_loss(shared_batch=shared)
+            for i, (lo, _) in enumerate(runner.blocks)
+        }
         for t in range(num_steps):
             idx = sample_batch_indices(n, batch_size, num_chains, shared, generator)
             if idx is None:
@@ -146,12 +157,11 @@ def run_chains(
             else:
                 idx = idx.to(x.device)
                 xb, yb = x[idx], y[idx]
-            grads, loss = grad_fn(state.position, xb, yb, out=grad_buffer)
-            losses[:, t] = loss.detach()
+            step.update(x=xb, y=yb, t=t)
+            runner.run(advance)
             if ref_fn is not None:
                 with torch.no_grad():
                     ref[:, t] = ref_fn(xb, yb, idx)
-            state = kernel.step(state, grads, noise.next())
             if (t + 1) % _CHECK_EVERY == 0 or t + 1 == num_steps:
                 block = losses[:, block_start : t + 1]
                 bad_loss = ~torch.isfinite(block) | (block > divergence_threshold)
@@ -166,7 +176,7 @@ def run_chains(
                     state = _freeze(state, ~alive, flat.w_star)
                 block_start = t + 1
     finally:
-        noise.close()
+        runner.close()
     dead = ~alive
     if dead.any():
         steps = torch.arange(num_steps, device=losses.device)
@@ -178,6 +188,35 @@ def run_chains(
         final_position=state.position,
         reference_losses=ref.cpu() if ref_fn is not None else None,
     )
+
+
+def _rows(state: SamplerState, lo: int, hi: int) -> SamplerState:
+    """The state of chains [lo, hi): row views of every field."""
+    return SamplerState(
+        **{
+            f.name: None if getattr(state, f.name) is None else getattr(state, f.name)[lo:hi]
+            for f in fields(SamplerState)
+        }
+    )
+
+
+def _write_rows(state: SamplerState, part: SamplerState, lo: int, hi: int, lock) -> None:
+    """Put a kernel's new state of chains [lo, hi) into ``state`` (in-place updates of the row
+    views, SGLD's, need nothing; new tensors are copied into their rows)."""
+    for f in fields(SamplerState):
+        new = getattr(part, f.name)
+        if new is None:
+            continue
+        full = getattr(state, f.name)
+        if full is None:  # a field the kernel creates on its first step (RMSProp's V)
+            with lock:
+                full = getattr(state, f.name)
+                if full is None:
+                    full = new.new_empty((state.position.shape[0], *new.shape[1:]))
+                    setattr(state, f.name, full)
+        rows = full[lo:hi]
+        if new.data_ptr() != rows.data_ptr():
+            rows.copy_(new)
 
 
 def _reference_loss(flat: FlatModel, x, y, shared: bool):

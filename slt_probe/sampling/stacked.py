@@ -150,7 +150,8 @@ def make_stacked_grad_and_loss(
         with torch.enable_grad():
             # One leaf per parameter: the gradient of a slice of one flat leaf would be a
             # zero-filled [C, d] tensor per parameter, summed (half the MLP step's time).
-            pieces = [p.requires_grad_(True) for p in split(w.detach())]
+            # w.data, not w.detach(): see functional._alias (blocks of chains on other threads)
+            pieces = [p.requires_grad_(True) for p in split(w.data)]
             losses = batched_loss(forward(pieces, x), y)
             grads = torch.autograd.grad(losses.sum(), pieces)
         flat = torch.cat([g.reshape(w.shape[0], -1) for g in grads], dim=1, out=out)
