@@ -1,4 +1,5 @@
-"""Run C chains of an SG-MCMC kernel as one batched (vmapped) computation.
+"""Run C chains of an SG-MCMC kernel as one batched computation (for large steps, one per block
+of chains, each block on its own thread: :mod:`slt_probe.sampling.groups`).
 
 The driver owns the minibatching, the loss trace and divergence handling; the kernel owns the
 update rule. A chain whose loss or position goes non-finite, or whose loss explodes past

@@ -7,8 +7,9 @@ Every kernel samples the localised tempered posterior
 from minibatch gradients ∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*). Positions are ``[C, d]`` tensors
 (one row per chain), so one code path serves one chain or a thousand. Kernels never compute
 gradients or draw random numbers themselves: the driver passes ∇L_m at the current position and
-one N(0, I) tensor per step, which keeps them pure tensor arithmetic, independent of the model,
-and lets the driver draw the noise (optionally a step ahead, in another thread).
+one N(0, I) tensor per step, which keeps them tensor arithmetic over rows, independent of the model,
+and lets the driver run blocks of chains on different threads. SGLD updates the position in
+place (the driver owns the state); the others return new tensors.
 """
 
 from __future__ import annotations
