@@ -163,8 +163,8 @@ class FlatModel:
         """``(W [C,d], x, y, out=None) ↦ (∇L_m [C,d], L_m [C])`` for C chains at once (the
         gradient written into ``out`` when given).
 
-        With ``shared_batch`` every chain sees the same minibatch (``x``: ``[B, ...]``), which lets
-        the first layer run as one wide matmul; otherwise ``x`` is ``[C, B, ...]``. Linear +
+        With ``shared_batch`` every chain sees the same minibatch (``x``: ``[B, ...]``, broadcast
+        over chains); otherwise ``x`` is ``[C, B, ...]``. Linear +
         activation stacks take the hand-batched path of :mod:`slt_probe.sampling.stacked`
         (unless ``fast_path=False``); everything else goes through ``vmap(grad_and_value)``.
         """

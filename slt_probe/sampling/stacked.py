@@ -100,7 +100,7 @@ def make_stacked_grad_and_loss(
     shared_batch: bool,
     compute_dtype: torch.dtype | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``(W [C,d], x, y) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path.
+    """``(W [C,d], x, y, out=None) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path.
 
     With ``compute_dtype`` the layers run in that dtype (weights and input cast on the way in,
     the output cast back before the loss), as :class:`~slt_probe.sampling.functional.FlatModel`
