@@ -40,7 +40,9 @@ class ChainGroups:
     """Runs ``fn(lo, hi)`` for each block of chains ``[lo, hi)``, the first on the calling thread.
 
     While open, the calling thread and the workers each use one intra-op thread; ``close``
-    restores the caller's thread count.
+    restores the caller's thread count. ``torch.set_num_threads`` also sets MKL's thread count,
+    which is process-wide: run concurrent large estimates in processes (as ``slt-probe study``
+    does), not in threads of one process.
     """
 
     def __init__(self, num_chains: int, groups: int):
