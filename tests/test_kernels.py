@@ -208,3 +208,38 @@ def test_paired_reference_from_per_example_losses_equals_the_forward_pass():
 def test_class_weighted_loss_is_not_taken_for_a_mean_of_examples():
     weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 0.2, 3.0]))
     _paired_trace(weighted, per_example_available=False)
+
+
+def test_chain_blocks_of_a_transformer_equal_one_block():
+    """The vmap path on threads: each block needs its own module copy (functional_call swaps
+    parameters into the module it runs; sharing one made the traces differ from step 1)."""
+    from models.transformer import Transformer
+    from slt_probe.sampling import groups
+
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=12, num_classes=11, d_model=128, d_mlp=512).eval()
+    flat = FlatModel(model, nn.CrossEntropyLoss())
+    assert groups.splittable(torch.device("cpu"), 4, flat.dim)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randint(11, (256, 2), generator=g), torch.full((256, 1), 11)], 1)
+    y = (x[:, 0] + x[:, 1]) % 11
+    traces = {}
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            config = KernelConfig(step_size=1e-5, nbeta=50.0, localization=1.0, center=flat.w_star)
+            traces[count] = run_chains(
+                make_kernel("sgld", config),
+                flat,
+                x,
+                y,
+                num_chains=4,
+                num_steps=15,
+                batch_size=64,
+                generator=torch.Generator().manual_seed(0),
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(traces[1].losses, traces[2].losses, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(traces[1].final_position, traces[2].final_position, atol=1e-6)
