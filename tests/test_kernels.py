@@ -123,18 +123,16 @@ def test_noise_stream_depends_on_seed_and_shape_only():
         small.draw(0, 2)
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_chain_groups_give_the_chains_of_one_block(fast_path):
-    """Splitting a large step over threads by chain changes nothing but the arithmetic order
-    (the vmap path runs each block on its own copy of the module: functional_call swaps
-    parameters into the module it is given), and the thread count is restored afterwards."""
+def test_chain_groups_give_the_chains_of_one_block():
+    """Splitting a large step over threads by chain changes nothing but the arithmetic order,
+    and the thread count is restored afterwards."""
     from slt_probe.sampling import groups
 
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 4)
     )
-    flat = FlatModel(model, nn.MSELoss(), fast_path=fast_path)
+    flat = FlatModel(model, nn.MSELoss())
     assert groups.splittable(torch.device("cpu"), 3, flat.dim)  # 3 × 97.6k ≥ GROUPS_MIN
     x, y = torch.randn(512, 64), torch.randn(512, 4)
     traces = {}
@@ -210,36 +208,47 @@ def test_class_weighted_loss_is_not_taken_for_a_mean_of_examples():
     _paired_trace(weighted, per_example_available=False)
 
 
-def test_chain_blocks_of_a_transformer_equal_one_block():
-    """The vmap path on threads: each block needs its own module copy (functional_call swaps
-    parameters into the module it runs; sharing one made the traces differ from step 1)."""
+def test_only_the_transform_free_gradient_runs_on_threads(monkeypatch):
+    """torch.func transforms running on several threads at once corrupted each other's results
+    (the vmap path on two blocks gave traces that differed from one block from step 1), so a
+    model that needs vmap runs as one block; a Linear stack is split."""
     from models.transformer import Transformer
-    from slt_probe.sampling import groups
+    from slt_probe.sampling import driver
 
+    blocks = []
+
+    class Recorder(driver.ChainGroups):
+        def __init__(self, num_chains, groups):
+            super().__init__(num_chains, groups)
+            blocks.append(len(self.blocks))
+
+    monkeypatch.setattr(driver, "ChainGroups", Recorder)
     torch.manual_seed(0)
-    model = Transformer(vocab_size=12, num_classes=11, d_model=128, d_mlp=512).eval()
-    flat = FlatModel(model, nn.CrossEntropyLoss())
-    assert groups.splittable(torch.device("cpu"), 4, flat.dim)
+    transformer = Transformer(vocab_size=12, num_classes=11, d_model=128, d_mlp=512).eval()
+    mlp = nn.Sequential(
+        nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 11)
+    )
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randint(11, (256, 2), generator=g), torch.full((256, 1), 11)], 1)
-    y = (x[:, 0] + x[:, 1]) % 11
-    traces = {}
+    tokens = torch.cat([torch.randint(11, (256, 2), generator=g), torch.full((256, 1), 11)], 1)
+    labels = (tokens[:, 0] + tokens[:, 1]) % 11
     threads = torch.get_num_threads()
     try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
+        torch.set_num_threads(2)
+        for model, x in ((transformer, tokens), (mlp, torch.randn(256, 64, generator=g))):
+            flat = FlatModel(model, nn.CrossEntropyLoss())
+            assert driver.splittable(torch.device("cpu"), 4, flat.dim)
             config = KernelConfig(step_size=1e-5, nbeta=50.0, localization=1.0, center=flat.w_star)
-            traces[count] = run_chains(
+            trace = run_chains(
                 make_kernel("sgld", config),
                 flat,
                 x,
-                y,
+                labels,
                 num_chains=4,
-                num_steps=15,
+                num_steps=5,
                 batch_size=64,
                 generator=torch.Generator().manual_seed(0),
             )
+            assert torch.isfinite(trace.losses).all()
     finally:
         torch.set_num_threads(threads)
-    assert torch.allclose(traces[1].losses, traces[2].losses, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(traces[1].final_position, traces[2].final_position, atol=1e-6)
+    assert blocks == [1, 2]

@@ -122,6 +122,15 @@ def run_chains(
     state = kernel.init(start)
     grad_buffer = torch.empty_like(start)  # reused every step: see NoiseStream
     groups = num_groups(flat.device, num_chains, flat.dim)
+    # Blocks on threads need a gradient without torch.func transforms (concurrent transforms
+    # on several threads corrupted each other's results): the hand-batched Linear-stack path
+    # with the loss applied chain by chain. Other models run as one block.
+    threaded_grad = None
+    if groups > 1:
+        xs, ys = (x, y) if shared else (x[None], y[None])
+        threaded_grad = flat.threaded_grad_and_loss(shared, xs, ys)
+        if threaded_grad is None:
+            groups = 1
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
     # blocks of chains can draw theirs on their own threads.
     seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -131,14 +140,14 @@ def run_chains(
     diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
     alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
     lock = threading.Lock()
-    step = {}  # this step's minibatch and index, read by every block
+    step = {}  # this step's minibatch, index and per-block state rows, read by every block
 
     def advance(lo: int, hi: int) -> None:
         """One kernel step of chains [lo, hi): gradient, loss, noise, update."""
         xb, yb, t = step["x"], step["y"], step["t"]
         if not shared:
             xb, yb = xb[lo:hi], yb[lo:hi]
-        part = _rows(state, lo, hi)
+        part = step["parts"][lo]
         grads, loss = grad_fns[lo](part.position, xb, yb, out=grad_buffer[lo:hi])
         losses[lo:hi, t] = loss.detach()
         _write_rows(state, kernel.step(part, grads, noise.draw(lo, hi)), lo, hi, lock)
@@ -146,11 +155,11 @@ def run_chains(
     block_start = 0
     runner = ChainGroups(num_chains, groups)
     try:
-        # one gradient function per block, each over its own copy of the module
-        grad_fns = {
-            lo: (flat if i == 0 else flat.replica()).batched_grad_and_loss(shared_batch=shared)
-            for i, (lo, _) in enumerate(runner.blocks)
-        }
+        grad_fns = (
+            {lo: threaded_grad for lo, _ in runner.blocks}
+            if threaded_grad
+            else {0: flat.batched_grad_and_loss(shared_batch=shared)}
+        )
         for t in range(num_steps):
             idx = sample_batch_indices(n, batch_size, num_chains, shared, generator)
             if idx is None:
@@ -158,7 +167,10 @@ def run_chains(
             else:
                 idx = idx.to(x.device)
                 xb, yb = x[idx], y[idx]
-            step.update(x=xb, y=yb, t=t)
+            # every block's rows are taken before any block writes: a field a kernel creates on
+            # its first step (RMSProp's V) must not appear, half-filled, to a block still starting
+            parts = {lo: _rows(state, lo, hi) for lo, hi in runner.blocks}
+            step.update(x=xb, y=yb, t=t, parts=parts)
             runner.run(advance)
             if ref_fn is not None:
                 with torch.no_grad():

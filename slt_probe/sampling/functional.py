@@ -107,22 +107,6 @@ class FlatModel:
             out[name] = piece.view(shape)
         return out
 
-    def replica(self) -> FlatModel:
-        """The same function on a deep copy of the module (and of a module loss): for another
-        thread, since ``functional_call`` swaps parameters into the module while it runs."""
-        import copy
-
-        loss_fn = (
-            copy.deepcopy(self.loss_fn) if isinstance(self.loss_fn, nn.Module) else self.loss_fn
-        )
-        return FlatModel(
-            copy.deepcopy(self.model),
-            loss_fn,
-            device=self.device,
-            fast_path=self.fast_path,
-            compute_dtype=self.compute_dtype,
-        )
-
     def split(self, w: torch.Tensor) -> list[torch.Tensor]:
         """Split stacked positions ``[C, d]`` into per-parameter views ``[C, *shape]`` (no copy)."""
         c = w.shape[0]
@@ -156,6 +140,23 @@ class FlatModel:
 
     def _loss_of_pieces(self, pieces: list[torch.Tensor], x, y) -> torch.Tensor:
         return self.loss_fn(self._call(dict(zip(self.names, pieces)), x), y)
+
+    def threaded_grad_and_loss(self, shared_batch: bool, x: torch.Tensor, y: torch.Tensor):
+        """The hand-batched gradient with the loss applied chain by chain: no torch.func
+        transform, so blocks of chains can run it on several threads at once. ``None`` when the
+        model or the inputs do not fit that path (checked on two examples of ``x, y``)."""
+        plan = stacked_layers(self.model, self.names) if self.fast_path else None
+        if plan is None:
+            return None
+        fn = make_stacked_grad_and_loss(
+            plan, self.numels, self.shapes, self.loss_fn, shared_batch, self.compute_dtype, True
+        )
+        xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
+        try:
+            fn(self.w_star[None], xs, ys)
+        except Unsupported:
+            return None
+        return fn
 
     def batched_grad_and_loss(
         self, shared_batch: bool

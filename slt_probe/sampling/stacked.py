@@ -99,16 +99,26 @@ def make_stacked_grad_and_loss(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shared_batch: bool,
     compute_dtype: torch.dtype | None = None,
+    transform_free: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(W [C,d], x, y, out=None) ↦ (∇L_m [C,d], L_m [C])``, the same contract as the vmap path.
 
     With ``compute_dtype`` the layers run in that dtype (weights and input cast on the way in,
     the output cast back before the loss), as :class:`~slt_probe.sampling.functional.FlatModel`
-    does."""
+    does. ``transform_free`` applies the loss chain by chain instead of under ``vmap``: plain
+    autograd only, which is safe to run on several threads at once (torch.func transforms on
+    concurrent threads corrupted each other's results here)."""
     offsets = [0]
     for k in numels:
         offsets.append(offsets[-1] + k)
-    batched_loss = vmap(loss_fn, in_dims=(0, None if shared_batch else 0))
+    if transform_free:
+
+        def batched_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            ys = [y] * len(out) if shared_batch else y
+            return torch.stack([loss_fn(o, t) for o, t in zip(out, ys)])
+
+    else:
+        batched_loss = vmap(loss_fn, in_dims=(0, None if shared_batch else 0))
 
     def split(w: torch.Tensor) -> list[torch.Tensor]:
         c = w.shape[0]
