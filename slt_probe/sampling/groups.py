@@ -10,6 +10,9 @@ Gaussian draws run in parallel. On the 199k-parameter MNIST MLP at 8 chains on 2
 (interleaved runs).
 
 Small models keep one block: their step is Python dispatch, which threads would only contend for.
+So do models without the hand-batched Linear-stack gradient: the driver splits a step only when
+that gradient (with the loss applied chain by chain) fits, so that plain autograd is all that
+runs on two threads at once, never a torch.func transform.
 """
 
 from __future__ import annotations
