@@ -252,3 +252,29 @@ def test_only_the_transform_free_gradient_runs_on_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert blocks == [1, 2]
+
+
+def test_chain_blocks_share_the_threads_out_and_give_them_back():
+    from slt_probe.sampling.groups import ChainGroups
+
+    threads = torch.get_num_threads()
+    seen = {}
+    try:
+        torch.set_num_threads(4)
+        runner = ChainGroups(num_chains=5, groups=2)
+        assert runner.blocks == [(0, 2), (2, 5)]  # contiguous, near-equal blocks
+        runner.run(lambda lo, hi: seen.__setitem__(lo, torch.get_num_threads()))
+        runner.close()
+        assert seen == {0: 2, 2: 2}  # 4 threads shared out over 2 blocks
+        assert torch.get_num_threads() == 4
+        with pytest.raises(RuntimeError, match="boom"):
+            failing = ChainGroups(num_chains=2, groups=2)
+            try:
+                failing.run(
+                    lambda lo, hi: (_ for _ in ()).throw(RuntimeError("boom")) if lo else None
+                )
+            finally:
+                failing.close()
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)

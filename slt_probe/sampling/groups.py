@@ -42,8 +42,9 @@ def num_groups(device: torch.device, num_chains: int, dim: int) -> int:
 class ChainGroups:
     """Runs ``fn(lo, hi)`` for each block of chains ``[lo, hi)``, the first on the calling thread.
 
-    While open, the calling thread and the workers each use one intra-op thread; ``close``
-    restores the caller's thread count. ``torch.set_num_threads`` also sets MKL's thread count,
+    While open, the calling thread and the workers share the caller's intra-op threads out
+    evenly (one each on 2 cores; 4 each for 4 blocks on 16); ``close`` restores the caller's
+    thread count. ``torch.set_num_threads`` also sets MKL's thread count,
     which is process-wide: run concurrent large estimates in processes (as ``slt-probe study``
     does), not in threads of one process.
     """
@@ -52,14 +53,15 @@ class ChainGroups:
         bounds = [round(i * num_chains / groups) for i in range(groups + 1)]
         self.blocks = list(zip(bounds[:-1], bounds[1:]))
         self._previous = torch.get_num_threads()
+        self.threads_per_block = max(1, self._previous // len(self.blocks))
         self._pool = None
         if len(self.blocks) > 1:
-            torch.set_num_threads(1)
+            torch.set_num_threads(self.threads_per_block)
             self._pool = ThreadPoolExecutor(
                 len(self.blocks) - 1,
                 thread_name_prefix="slt-chains",
                 initializer=torch.set_num_threads,
-                initargs=(1,),
+                initargs=(self.threads_per_block,),
             )
 
     def run(self, fn: Callable[[int, int], None]) -> None:
