@@ -76,23 +76,37 @@ class Quartic(nn.Module):
         return self.w * x
 
 
+def _sample(flat, x, y, sampler="sgld", *, step_size, nbeta, localization, seed=0, **kwargs):
+    """``run_chains`` of ``sampler`` around the model's own w*, minibatches seeded by ``seed``."""
+    config = KernelConfig(
+        step_size=step_size, nbeta=nbeta, localization=localization, center=flat.w_star
+    )
+    return run_chains(
+        make_kernel(sampler, config),
+        flat,
+        x,
+        y,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+
+
 def test_driver_reports_the_diverging_chain_only():
     model = Quartic()
     flat = FlatModel(model, lambda out, y: (out**4).mean())
     x = torch.ones(16, 1)
     y = torch.zeros(16, 1)
-    config = KernelConfig(step_size=1e-3, nbeta=10.0, localization=0.0, center=flat.w_star)
-    kernel = make_kernel("sgld", config)
     init = torch.tensor([[0.0], [0.1], [30.0], [-0.1]])  # chain 2 sits where 4·nβ·12w² ≫ 4/ε
-    trace = run_chains(
-        kernel,
+    trace = _sample(
         flat,
         x,
         y,
+        step_size=1e-3,
+        nbeta=10.0,
+        localization=0.0,
         num_chains=4,
         num_steps=100,
         batch_size=16,
-        generator=torch.Generator().manual_seed(0),
         init_position=init,
         divergence_threshold=1e6,
     )
@@ -142,18 +156,17 @@ def test_chain_groups_give_the_chains_of_one_block():
             torch.set_num_threads(count)
             assert groups.num_groups(torch.device("cpu"), 3, flat.dim) == count
             for sampler in ("sgld", "sgnht", "rmsprop_sgld"):
-                config = KernelConfig(
-                    step_size=1e-4, nbeta=50.0, localization=1.0, center=flat.w_star
-                )
-                traces[name, sampler] = run_chains(
-                    make_kernel(sampler, config),
+                traces[name, sampler] = _sample(
                     flat,
                     x,
                     y,
+                    sampler,
+                    step_size=1e-4,
+                    nbeta=50.0,
+                    localization=1.0,
                     num_chains=3,
                     num_steps=30,
                     batch_size=32,
-                    generator=torch.Generator().manual_seed(0),
                     paired_reference=True,
                 )
                 assert torch.get_num_threads() == count  # restored after the blocks
@@ -175,16 +188,17 @@ def _paired_trace(loss_fn, per_example_available: bool):
     x = torch.randn(64, 3)
     y = torch.randint(4, (64,))
     assert (flat.per_example_losses(flat.w_star, x, y) is not None) == per_example_available
-    config = KernelConfig(step_size=1e-3, nbeta=10.0, localization=1.0, center=flat.w_star)
-    trace = run_chains(
-        make_kernel("sgld", config),
+    trace = _sample(
         flat,
         x,
         y,
+        step_size=1e-3,
+        nbeta=10.0,
+        localization=1.0,
+        seed=1,
         num_chains=3,
         num_steps=20,
         batch_size=8,
-        generator=torch.Generator().manual_seed(1),
         shared_batch=False,
         paired_reference=True,
     )
@@ -237,16 +251,16 @@ def test_only_the_transform_free_gradient_runs_on_threads(monkeypatch):
         for model, x in ((transformer, tokens), (mlp, torch.randn(256, 64, generator=g))):
             flat = FlatModel(model, nn.CrossEntropyLoss())
             assert driver.splittable(torch.device("cpu"), 4, flat.dim)
-            config = KernelConfig(step_size=1e-5, nbeta=50.0, localization=1.0, center=flat.w_star)
-            trace = run_chains(
-                make_kernel("sgld", config),
+            trace = _sample(
                 flat,
                 x,
                 labels,
+                step_size=1e-5,
+                nbeta=50.0,
+                localization=1.0,
                 num_chains=4,
                 num_steps=5,
                 batch_size=64,
-                generator=torch.Generator().manual_seed(0),
             )
             assert torch.isfinite(trace.losses).all()
     finally:

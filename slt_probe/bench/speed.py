@@ -129,7 +129,6 @@ def devinterp_tight_loop(
 ) -> float:
     """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory
     (with ``autocast``, forward and loss under ``torch.autocast("cpu", autocast)``)."""
-    import contextlib
     import copy
 
     from devinterp.optim.sgmcmc import SGMCMC
@@ -138,11 +137,6 @@ def devinterp_tight_loop(
     n = x.shape[0]
     nbeta = n / math.log(n)
     gen = torch.Generator().manual_seed(seed)
-
-    def ctx():
-        if autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=autocast)
 
     start = time.perf_counter()
     for _ in range(num_chains):
@@ -153,7 +147,7 @@ def devinterp_tight_loop(
         for _ in range(steps):
             idx = torch.randint(n, (w.batch_size,), generator=gen)
             opt.zero_grad()
-            with ctx():
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
                 loss = w.loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()

@@ -148,18 +148,14 @@ def run_chains(
         if not shared:
             xb, yb = xb[lo:hi], yb[lo:hi]
         part = step["parts"][lo]
-        grads, loss = grad_fns[lo](part.position, xb, yb, out=grad_buffer[lo:hi])
+        grads, loss = grad_fn(part.position, xb, yb, out=grad_buffer[lo:hi])
         losses[lo:hi, t] = loss.detach()
         _write_rows(state, kernel.step(part, grads, noise.draw(lo, hi)), lo, hi, lock)
 
     block_start = 0
     runner = ChainGroups(num_chains, groups)
     try:
-        grad_fns = (
-            {lo: threaded_grad for lo, _ in runner.blocks}
-            if threaded_grad
-            else {0: flat.batched_grad_and_loss(shared_batch=shared)}
-        )
+        grad_fn = threaded_grad or flat.batched_grad_and_loss(shared_batch=shared)
         for t in range(num_steps):
             idx = sample_batch_indices(n, batch_size, num_chains, shared, generator)
             if idx is None:

@@ -14,16 +14,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from slt_probe.sampling.stacked import Unsupported, make_stacked_grad_and_loss, stacked_layers
+from slt_probe.sampling.stacked import (
+    Unsupported,
+    make_stacked_grad_and_loss,
+    split_rows,
+    stacked_layers,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _alias(w: torch.Tensor) -> torch.Tensor:
-    """``w`` without autograd history and with its own version counter (``detach`` shares the
-    counter): other blocks of chains update their rows of the same position tensor in place on
-    other threads while this block's backward pass still needs its saved inputs."""
-    return w.data
 
 
 _DTYPES = {
@@ -109,11 +107,7 @@ class FlatModel:
 
     def split(self, w: torch.Tensor) -> list[torch.Tensor]:
         """Split stacked positions ``[C, d]`` into per-parameter views ``[C, *shape]`` (no copy)."""
-        c = w.shape[0]
-        return [
-            piece.view(c, *shape)
-            for piece, shape in zip(torch.split(w, self.numels, dim=1), self.shapes)
-        ]
+        return split_rows(w, self.numels, self.shapes)
 
     def flatten_params(self) -> torch.Tensor:
         return self.w_star.clone()
@@ -141,16 +135,28 @@ class FlatModel:
     def _loss_of_pieces(self, pieces: list[torch.Tensor], x, y) -> torch.Tensor:
         return self.loss_fn(self._call(dict(zip(self.names, pieces)), x), y)
 
+    def _stacked(self, shared_batch: bool, transform_free: bool = False):
+        """The hand-batched Linear-stack gradient, or ``None`` when the model does not qualify."""
+        plan = stacked_layers(self.model, self.names) if self.fast_path else None
+        if plan is None:
+            return None
+        return make_stacked_grad_and_loss(
+            plan,
+            self.numels,
+            self.shapes,
+            self.loss_fn,
+            shared_batch,
+            self.compute_dtype,
+            transform_free,
+        )
+
     def threaded_grad_and_loss(self, shared_batch: bool, x: torch.Tensor, y: torch.Tensor):
         """The hand-batched gradient with the loss applied chain by chain: no torch.func
         transform, so blocks of chains can run it on several threads at once. ``None`` when the
         model or the inputs do not fit that path (checked on two examples of ``x, y``)."""
-        plan = stacked_layers(self.model, self.names) if self.fast_path else None
-        if plan is None:
+        fn = self._stacked(shared_batch, transform_free=True)
+        if fn is None:
             return None
-        fn = make_stacked_grad_and_loss(
-            plan, self.numels, self.shapes, self.loss_fn, shared_batch, self.compute_dtype, True
-        )
         xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
         try:
             fn(self.w_star[None], xs, ys)
@@ -176,16 +182,13 @@ class FlatModel:
             # Differentiate with respect to each parameter's own view, then concatenate once:
             # the gradient of a slice of a flat leaf is a zero-filled [C, d] tensor per
             # parameter (8 ms of a 17 ms step of the 199k-parameter MLP at 8 chains).
-            grads, loss = per_piece(self.split(_alias(w)), x, y)
+            grads, loss = per_piece(self.split(w.detach()), x, y)
             flat = torch.cat([g.detach().reshape(w.shape[0], -1) for g in grads], dim=1, out=out)
             return flat, loss
 
-        plan = stacked_layers(self.model, self.names) if self.fast_path else None
-        if plan is None:
+        fast = self._stacked(shared_batch)
+        if fast is None:
             return general
-        fast = make_stacked_grad_and_loss(
-            plan, self.numels, self.shapes, self.loss_fn, shared_batch, self.compute_dtype
-        )
         use_fast = True
 
         def grad_and_loss(w, x, y, out=None):

@@ -88,6 +88,12 @@ def stacked_layers(model: nn.Module, names: list[str]) -> list[tuple] | None:
     return plan
 
 
+def split_rows(w: torch.Tensor, numels: list[int], shapes: list[torch.Size]) -> list[torch.Tensor]:
+    """Stacked positions ``[C, d]`` as per-parameter views ``[C, *shape]`` (no copy)."""
+    c = w.shape[0]
+    return [p.view(c, *shape) for p, shape in zip(torch.split(w, numels, dim=1), shapes)]
+
+
 class Unsupported(ValueError):
     """The inputs do not fit the hand-batched path (e.g. Linear over a sequence axis)."""
 
@@ -108,9 +114,6 @@ def make_stacked_grad_and_loss(
     does. ``transform_free`` applies the loss chain by chain instead of under ``vmap``: plain
     autograd only, which is safe to run on several threads at once (torch.func transforms on
     concurrent threads corrupted each other's results here)."""
-    offsets = [0]
-    for k in numels:
-        offsets.append(offsets[-1] + k)
     if transform_free:
 
         def batched_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,10 +122,6 @@ def make_stacked_grad_and_loss(
 
     else:
         batched_loss = vmap(loss_fn, in_dims=(0, None if shared_batch else 0))
-
-    def split(w: torch.Tensor) -> list[torch.Tensor]:
-        c = w.shape[0]
-        return [w[:, offsets[i] : offsets[i + 1]].view(c, *shapes[i]) for i in range(len(shapes))]
 
     def forward(pieces: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # Feature-major layout: activations are kept as [C, features, B] so that every layer is
@@ -160,8 +159,10 @@ def make_stacked_grad_and_loss(
         with torch.enable_grad():
             # One leaf per parameter: the gradient of a slice of one flat leaf would be a
             # zero-filled [C, d] tensor per parameter, summed (half the MLP step's time).
-            # w.data, not w.detach(): see functional._alias (blocks of chains on other threads)
-            pieces = [p.requires_grad_(True) for p in split(w.data)]
+            # w.data, not w.detach(): detach shares the position's version counter, and other
+            # blocks of chains update their rows of it in place on other threads while this
+            # block's backward pass still needs its saved inputs
+            pieces = [p.requires_grad_(True) for p in split_rows(w.data, numels, shapes)]
             losses = batched_loss(forward(pieces, x), y)
             grads = torch.autograd.grad(losses.sum(), pieces)
         flat = torch.cat([g.reshape(w.shape[0], -1) for g in grads], dim=1, out=out)
