@@ -27,4 +27,5 @@ def test_benchmark_criterion_with_default_arguments():
     assert summary["median_abs_rel_error"] <= 0.10
     assert summary["worst_abs_rel_error"] <= 0.25
     assert summary["spearman_rho"] > 0.95
+    assert summary["order_preserved"]
     assert np.all(np.isfinite([r["llc"] for r in rows]))

@@ -39,3 +39,29 @@ def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
         or payload["time_to_5pct_stderr"]["draws"] >= 64_000
     )
     assert "probe share of the default grokking run" in capsys.readouterr().out
+
+
+def test_bench_accuracy_over_seeds_and_in_lau_form(tmp_path, capsys, monkeypatch):
+    from slt_probe.bench import accuracy
+    from slt_probe.truth.cases import regular_case
+
+    # two tiny regular cases per seed keep this fast; the real table is `bench accuracy`
+    def tiny(quick=False, seed=0):
+        return [regular_case(1, 1, n=500, seed=seed), regular_case(3, 1, n=500, seed=seed)], []
+
+    monkeypatch.setattr(accuracy, "benchmark_cases", tiny)
+    out = tmp_path / "acc.json"
+    argv = ["bench", "accuracy", "--quick", "--seeds", "0", "1", "--json", str(out)]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["seeds"] == [0, 1]
+    assert [r["seed"] for r in payload["rows"]] == [0, 0, 1, 1]
+    assert len(payload["per_seed"]) == 2 and len(payload["median_abs_rel_error_per_seed"]) == 2
+    assert set(payload["order_preserved_seeds"]) <= {0, 1}
+    assert payload["worst_abs_rel_error"] == max(abs(r["rel_error"]) for r in payload["rows"])
+    assert "sampler_options" not in payload["estimator"]
+    assert main(argv[:2] + ["--quick", "--lau-sgld", "--json", str(out)]) == 0
+    lau = json.loads(out.read_text())
+    assert lau["estimator"]["sampler_options"] == {"noise": "independent"}
+    assert lau["estimator"]["minibatch_correction"] is False
+    assert "seeds" not in lau and lau["seed"] == 0

@@ -2,54 +2,77 @@
 reports divergence per chain instead of averaging it away."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from slt_probe.sampling.driver import run_chains
+from slt_probe.sampling.driver import NoiseStream, run_chains
 from slt_probe.sampling.functional import FlatModel
 from slt_probe.sampling.kernels import KernelConfig, make_kernel, standard_normal
 
 
-def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, **opts):
-    """Sample U(w) = a/2·‖w‖² (nβ = a, L = ‖w‖²/2, γ = 0) and return the draws' variance."""
+def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, grad_noise=0.0, tell=False, **opts):
+    """Sample U(w) = a/2·‖w‖² (nβ = a, L = ‖w‖²/2, γ = 0) and return the draws' variance.
+
+    The noise comes as the driver gives it (Leimkuhler–Matthews pairs when the kernel asks).
+    ``grad_noise``: variance of a white noise added to ∇L (what a minibatch gradient brings),
+    told to the kernel as ``gradient_noise_var`` when ``tell``."""
     d = 4
-    config = KernelConfig(step_size=eps, nbeta=a, localization=0.0, center=torch.zeros(d))
+    var = torch.full((d,), grad_noise) if tell else None
+    config = KernelConfig(
+        step_size=eps, nbeta=a, localization=0.0, center=torch.zeros(d), gradient_noise_var=var
+    )
     kernel = make_kernel(sampler, config, **opts)
     gen = torch.Generator().manual_seed(0)
+    lm = getattr(kernel, "noise", None) == "leimkuhler-matthews"
+    stream = NoiseStream((chains, d), 1, device="cpu", dtype=torch.float32, leimkuhler_matthews=lm)
     state = kernel.init(torch.zeros(chains, d))
     draws = []
     for t in range(steps):
-        noise = standard_normal(state.position, gen)
-        state = kernel.step(state, state.position.clone(), noise)  # ∇L = w
+        g = state.position.clone()  # ∇L = w
+        if grad_noise:
+            g += math.sqrt(grad_noise) * standard_normal(g, gen)
+        state = kernel.step(state, g, stream.next())
         if t >= steps // 2:
             draws.append(state.position.clone())
     return torch.stack(draws).var().item()
 
 
-def test_sgld_stationary_variance_matches_discretisation_formula():
+def test_euler_maruyama_sgld_stationary_variance_matches_discretisation_formula():
     a, eps = 100.0, 0.01  # ε·a = 1: variance 1/(a(1 − εa/4)) = 1/75
-    var = _gaussian_chain("sgld", eps, a)
+    var = _gaussian_chain("sgld", eps, a, noise="independent")
     assert var == pytest.approx(1.0 / (a * (1 - eps * a / 4)), rel=0.05)
 
 
-def test_sgld_small_step_reaches_exact_variance():
-    a, eps = 10.0, 0.002
-    var = _gaussian_chain("sgld", eps, a)
+@pytest.mark.parametrize("eps_a", [1.0, 2.0])
+def test_leimkuhler_matthews_sgld_is_exact_on_a_gaussian(eps_a):
+    # Euler–Maruyama would give +33 % at ε·a = 1 and +100 % at ε·a = 2
+    a = 100.0
+    var = _gaussian_chain("sgld", eps_a / a, a)
     assert var == pytest.approx(1.0 / a, rel=0.05)
 
 
-def test_sgnht_samples_the_target_variance():
-    a, h = 10.0, 0.03
-    var = _gaussian_chain("sgnht", h, a, steps=8000, diffusion=0.5)
-    assert var == pytest.approx(1.0 / a, rel=0.1)
-
-
-def test_rmsprop_sgld_samples_the_target_variance():
-    a = 10.0
-    var = _gaussian_chain("rmsprop_sgld", 0.005, a, steps=8000, delta=0.1)
-    assert var == pytest.approx(1.0 / a, rel=0.1)
+def test_minibatch_noise_correction_restores_the_target_variance():
+    # White gradient noise of variance v adds (ε/2)²·nβ²·v per step: here f = (ε/4)·nβ²·v is half
+    # the injected ε. Exact stationary variances (ε·a = 0.2, q = 1 − εa/4):
+    # Euler–Maruyama (1 + f)/(a·q) uncorrected, 1/(a·q) corrected; Leimkuhler–Matthews corrected
+    # (1 − f + f/q)/a, the second-order remainder of the correction.
+    a, eps, f = 100.0, 0.002, 0.5
+    v, q = f / (eps / 4 * a**2), 1 - eps * a / 4
+    hot = _gaussian_chain("sgld", eps, a, grad_noise=v, noise="independent")
+    assert hot == pytest.approx((1 + f) / (a * q), rel=0.05)
+    euler = _gaussian_chain("sgld", eps, a, grad_noise=v, tell=True, noise="independent")
+    assert euler == pytest.approx(1 / (a * q), rel=0.05)
+    lm = _gaussian_chain("sgld", eps, a, grad_noise=v, tell=True)
+    assert lm == pytest.approx((1 - f + f / q) / a, rel=0.05)
+    config = KernelConfig(eps, a, 0.0, torch.zeros(4), gradient_noise_var=torch.full((4,), v))
+    assert make_kernel("sgld", config).minibatch_noise_fraction == pytest.approx(f)
+    too_noisy = replace(config, gradient_noise_var=torch.tensor([v, 3 * v, 0.0, 0.0]))
+    kernel = make_kernel("sgld", too_noisy)  # f = 1.5 > 1 in one coordinate: noise there is 0
+    assert kernel.clamped_coordinates == 1
+    assert kernel.noise_scale.tolist() == pytest.approx([math.sqrt(0.5), 0.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
@@ -135,6 +158,21 @@ def test_noise_stream_depends_on_seed_and_shape_only():
     assert len(small.generators) == 1 and small.next().dtype == torch.float64
     with pytest.raises(ValueError, match="without split draws all chains at once"):
         small.draw(0, 2)
+
+
+def test_leimkuhler_matthews_noise_averages_consecutive_draws():
+    shape = (4, 20000)
+    iid = NoiseStream(shape, 3, device="cpu", dtype=torch.float64, split=True)
+    lm = NoiseStream(
+        shape, 3, device="cpu", dtype=torch.float64, split=True, leimkuhler_matthews=True
+    )
+    xi = [iid.next().clone() for _ in range(4)]  # the same generators: ξ_0 … ξ_3
+    steps = [torch.cat([lm.draw(0, 1).clone(), lm.draw(1, 4).clone()]) for _ in range(3)]
+    for t, z in enumerate(steps):
+        assert torch.allclose(z, (xi[t] + xi[t + 1]) / 2)
+    assert float(steps[0].var()) == pytest.approx(0.5, rel=0.02)  # cov(z_t, z_t+1) = 1/4
+    assert float((steps[0] * steps[1]).mean()) == pytest.approx(0.25, abs=0.01)
+    assert abs(float((steps[0] * steps[2]).mean())) < 0.01
 
 
 def test_chain_groups_give_the_chains_of_one_block():

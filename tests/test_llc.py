@@ -114,7 +114,9 @@ def test_vmap_and_devinterp_backends_agree_within_standard_errors():
         paired=False,
         shared_batch=False,
     )
-    a = estimate_llc(model, half_sq, data, backend="vmap", **kw)
+    # the same algorithm on both sides: Lau et al.'s update (devinterp's), unpaired losses
+    lau = dict(sampler_options={"noise": "independent"}, minibatch_correction=False)
+    a = estimate_llc(model, half_sq, data, backend="vmap", **kw, **lau)
     b = estimate_llc(model, half_sq, data, backend="devinterp", **kw)
     assert b.backend == "devinterp" and a.backend == "vmap"
     combined = math.hypot(a.llc_stderr, b.llc_stderr)
@@ -125,11 +127,42 @@ def test_vmap_and_devinterp_backends_agree_within_standard_errors():
 def test_extrapolation_removes_first_order_step_size_bias():
     model, data, truth = linear_regression(n=4000)
     kw = dict(step_size=1.2e-3, num_draws=1000, num_burnin=300, seed=0, batch_size=4000)
-    plain = estimate_llc(model, half_sq, data, **kw)
-    extra = estimate_llc(model, half_sq, data, extrapolate=True, **kw)
+    euler = dict(sampler_options={"noise": "independent"})  # Lau et al.'s update
+    plain = estimate_llc(model, half_sq, data, **kw, **euler)
+    extra = estimate_llc(model, half_sq, data, extrapolate=True, **kw, **euler)
     assert plain.llc_mean > truth * 1.08  # ε·a ≈ 0.58: ≈ +17 % discretisation bias
     assert abs(extra.llc_mean - truth) < 0.5 * abs(plain.llc_mean - truth)
     assert extra.extrapolation["step_sizes"] == [1.2e-3, 6e-4]
+    # the default Leimkuhler–Matthews noise has no such bias on a quadratic loss
+    lm = estimate_llc(model, half_sq, data, **kw)
+    assert lm.sampler_options == {"noise": "leimkuhler-matthews"}
+    assert lm.llc_mean == pytest.approx(truth, rel=0.04)
+
+
+def test_minibatch_correction_removes_the_minibatch_inflation():
+    # batch 32 of n = 4000: nβ/m ≈ 15, so minibatch gradient noise adds a third to the noise
+    model, data, truth = linear_regression(n=4000)
+    kw = dict(step_size=2e-4, num_draws=2000, num_burnin=500, seed=1, batch_size=32)
+    raw = estimate_llc(model, half_sq, data, minibatch_correction=False, **kw)
+    fixed = estimate_llc(model, half_sq, data, **kw)
+    report = fixed.diagnostics.minibatch_noise
+    assert report["corrected"] and report["clamped_coordinates"] == 0
+    assert 0.2 < report["mean_fraction"] < 0.6
+    assert raw.diagnostics.minibatch_noise == {"corrected": False, "reason": "switched off"}
+    assert raw.llc_mean > truth * 1.15
+    assert fixed.llc_mean == pytest.approx(truth, rel=0.06)
+    # first order: the inflation is (d/2)·mean over coordinates of (ε/4)·nβ²·Var(∂L_m/∂w_j)
+    predicted = truth * report["mean_fraction"]
+    assert raw.llc_mean - fixed.llc_mean == pytest.approx(predicted, rel=0.3)
+
+
+def test_minibatch_correction_says_when_it_does_not_apply():
+    model, data, _ = linear_regression(n=400)
+    kw = dict(step_size=1e-3, num_draws=20, num_burnin=5)
+    full = estimate_llc(model, half_sq, data, batch_size=400, **kw)
+    assert full.diagnostics.minibatch_noise["reason"] == "not needed: full-batch gradients"
+    sgnht = estimate_llc(model, half_sq, data, batch_size=40, sampler="sgnht", **kw)
+    assert "sgnht has no minibatch-noise correction" in sgnht.diagnostics.minibatch_noise["reason"]
 
 
 def test_too_large_step_diverges_and_is_reported_not_averaged():

@@ -145,26 +145,44 @@ def _accuracy(args) -> int:
     from slt_probe.bench.accuracy import accuracy_table, benchmark_cases
 
     warnings.filterwarnings("ignore")
-    kwargs = {"sampler": args.sampler, "seed": args.seed}
+    kwargs = {"sampler": args.sampler}
     if args.quick:
         kwargs.update(num_draws=1000, num_burnin=1000)
     if args.extrapolate:
         kwargs["extrapolate"] = True
     if args.compute_dtype:
         kwargs["compute_dtype"] = args.compute_dtype
-    criterion, extra = benchmark_cases(quick=args.quick, seed=args.seed)
-    rows, summary = accuracy_table(criterion, **kwargs)
-    extra_rows = accuracy_table(extra, **kwargs)[0] if extra else []
-    for r in extra_rows:
-        r["case"] += " (extra)"
-    payload = {
-        "benchmark": "accuracy",
-        "estimator": kwargs,
-        **summary,
-        **_machine(),
-        "rows": rows + extra_rows,
-    }
-    _emit(payload, rows + extra_rows, args.json)
+    if args.lau_sgld:
+        kwargs.update(sampler_options={"noise": "independent"}, minibatch_correction=False)
+    seeds = args.seeds or [args.seed]
+    all_rows, per_seed = [], []
+    for seed in seeds:  # the seed draws the cases' data and the chains' randomness
+        if len(seeds) > 1:
+            print(f"seed {seed}:", flush=True)
+        criterion, extra = benchmark_cases(quick=args.quick, seed=seed)
+        rows, summary = accuracy_table(criterion, seed=seed, **kwargs)
+        extra_rows = accuracy_table(extra, seed=seed, **kwargs)[0] if extra else []
+        for r in extra_rows:
+            r["case"] += " (extra)"
+        for r in rows + extra_rows:
+            r["seed"] = seed
+        all_rows += rows + extra_rows
+        per_seed.append({"seed": seed, **summary})
+    payload = {"benchmark": "accuracy", "estimator": kwargs, **per_seed[0]}
+    if len(seeds) > 1:
+        payload.pop("seed")
+        payload = {
+            "benchmark": "accuracy",
+            "estimator": kwargs,
+            "seeds": seeds,
+            "median_abs_rel_error_per_seed": [p["median_abs_rel_error"] for p in per_seed],
+            "worst_abs_rel_error": max(p["worst_abs_rel_error"] for p in per_seed),
+            "order_preserved_seeds": [p["seed"] for p in per_seed if p["order_preserved"]],
+            "per_seed": per_seed,
+        }
+    payload.update(_machine())
+    payload["rows"] = all_rows
+    _emit(payload, all_rows, args.json)
     return 0
 
 
@@ -198,6 +216,15 @@ def register(sub) -> None:
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
     a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld"])
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--seeds", type=int, nargs="+", help="several seeds (data and chains); overrides --seed"
+    )
+    a.add_argument(
+        "--lau-sgld",
+        action="store_true",
+        help="SGLD step for step as Lau et al. and devinterp: Euler-Maruyama noise, no "
+        "minibatch-noise correction",
+    )
     a.add_argument("--extrapolate", action="store_true", help="estimate_llc(extrapolate=True)")
     a.add_argument(
         "--compute-dtype",

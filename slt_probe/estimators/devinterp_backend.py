@@ -68,6 +68,8 @@ def estimate_llc_devinterp(
         batch_size=m,
         seed=seed,
         device=device,
+        # pilots for step_size="auto" run devinterp's update (Euler–Maruyama, full noise)
+        sampler_options={"noise": "independent"} if sampler == "sgld" else None,
     )
     calibration = {}
     if step_size == "auto":
@@ -114,6 +116,7 @@ def estimate_llc_devinterp(
     llc[diverged_at >= 0] = np.nan
     diagnostics = compute_diagnostics(trace, llc, diverged_at, nbeta=nbeta, num_burnin=num_burnin)
     diagnostics.calibration = calibration
+    diagnostics.minibatch_noise = {"corrected": False, "reason": "devinterp's SGLD"}
     used = llc[np.isfinite(llc)]
     return LLCResult(
         llc_mean=float(used.mean()) if used.size else float("nan"),
@@ -133,4 +136,6 @@ def estimate_llc_devinterp(
         backend="devinterp",
         diagnostics=diagnostics,
         wall_time_s=time.perf_counter() - start,
+        # devinterp's SGLD is Euler–Maruyama with the full injected noise
+        sampler_options={"noise": "independent"} if sampler == "sgld" else {},
     )

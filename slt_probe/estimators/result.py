@@ -16,7 +16,10 @@ class Diagnostics:
     diverge (split R-hat, Vehtari et al. 2021; ESS summed over chains). ``drift`` is, per chain,
     (mean of the last third − mean of the first third) / (pooled standard deviation) of the trace.
     ``diverged`` lists ``(chain, draw)`` for every chain excluded because its loss went non-finite
-    or exploded; ``warnings`` are plain-language sentences for people.
+    or exploded; ``warnings`` are plain-language sentences for people. ``minibatch_noise``
+    describes SGLD's minibatch-noise correction: whether it ran, the mean over coordinates of
+    the fraction of the injected variance it removed, (ε/4)·nβ²·Var(∂L_m/∂w_j), and how many
+    coordinates it could not fully correct (``clamped_coordinates``).
     """
 
     r_hat: float = float("nan")
@@ -26,6 +29,7 @@ class Diagnostics:
     num_used_chains: int = 0
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
+    minibatch_noise: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:
@@ -42,7 +46,8 @@ class LLCResult:
     learning coefficient λ); ``llc_per_chain`` has NaN for diverged chains. ``loss_trace`` is the
     sampled loss per draw (chains × draws, after burn-in, in the loss function's own units).
     ``compute_dtype`` names the dtype of the forward/backward passes when it was not the
-    model's own (``estimate_llc(compute_dtype=...)``), else ``None``.
+    model's own (``estimate_llc(compute_dtype=...)``), else ``None``. ``sampler_options`` are
+    the kernel options in effect, defaults included (e.g. SGLD's ``noise``).
     """
 
     llc_mean: float
@@ -64,6 +69,7 @@ class LLCResult:
     wall_time_s: float
     extrapolation: dict[str, Any] | None = None
     compute_dtype: str | None = None
+    sampler_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def llc_stderr(self) -> float:

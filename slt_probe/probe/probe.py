@@ -139,6 +139,7 @@ class LLCProbe:
             "num_chains": res.num_chains,
             "num_draws": res.num_draws,
             "compute_dtype": res.compute_dtype,
+            "minibatch_noise_fraction": d.minibatch_noise.get("mean_fraction"),
             "init_loss": res.init_loss,
             "r_hat": d.r_hat,
             "ess": d.ess,

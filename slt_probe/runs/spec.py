@@ -209,6 +209,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
         "paired": (_bool, True),
         "shared_batch": (_bool, True),
         "sampler_options": (_table, {}),
+        "minibatch_correction": (_bool, True),
         # forward/backward dtype of the chains (None: the model's); see estimate_llc
         "compute_dtype": (_optional(_choice(("bfloat16", "float16", "float32", "float64"))), None),
     },

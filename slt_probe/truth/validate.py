@@ -53,7 +53,11 @@ def _estimate(method: str, case: TruthCase, settings: dict, seed: int) -> dict:
         res = estimate_llc(
             case.model, case.loss_fn, case.data, backend=backend, seed=seed, **settings
         )
-        extra = {"step_size": res.step_size, "warnings": list(res.diagnostics.warnings)}
+        extra = {
+            "step_size": res.step_size,
+            "llc_stderr": res.llc_stderr,
+            "warnings": list(res.diagnostics.warnings),
+        }
     return {
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
