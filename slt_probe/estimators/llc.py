@@ -108,7 +108,8 @@ def estimate_llc(
         w_t), but the minibatch noise, which otherwise dominates the spread of λ̂, cancels. When
         the loss is a mean of per-example losses (checked) those are computed once at w*;
         otherwise it costs one forward pass per step.
-    accuracy: target ε·a_max for ``step_size="auto"`` (relative bias ≈ accuracy/4).
+    accuracy: target ε·a_max for ``step_size="auto"`` (with Euler–Maruyama noise the relative
+        bias in the stiffest direction is ≈ accuracy/4).
     fast_path: for Linear + activation stacks (MLPs, deep linear networks) compute the chains'
         gradients with hand-batched matmuls instead of ``vmap`` (same numbers, fewer ops; see
         :mod:`slt_probe.sampling.stacked`). Other models always use ``vmap``.
