@@ -27,7 +27,8 @@ def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
     assert sorted(r["chains"] for r in rows) == [1, 1, 1, 2, 2, 2]
     assert all(r["repeats"] == 2 for r in rows)  # medians of two interleaved runs
     for r in rows:
-        keys = ("vmap", "devinterp", "devinterp_loop", "vmap_vs_devinterp", "vmap_bf16")
+        keys = ("vmap", "vmap_corrected", "devinterp", "devinterp_loop", "vmap_vs_devinterp")
+        keys += ("vmap_bf16",)
         for key in keys + ("devinterp_loop_bf16", "bf16_vmap_vs_devinterp_loop_bf16"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["workload"], key)
         # Linear stacks (DLN, MLP) are compared with and without the hand-batched path

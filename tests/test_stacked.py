@@ -74,3 +74,37 @@ def test_models_outside_the_fast_path_fall_back():
     x, y = torch.randn(8, 5, 4).double(), torch.randn(8, 5, 2).double()
     (g1, l1), (g2, l2) = _both(seq, nn.MSELoss(), True, x, y)
     torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_chain_loss_lean_call_equals_torch_func_vmap(shared):
+    from slt_probe.sampling.stacked import ChainLoss
+
+    torch.manual_seed(0)
+    out = torch.randn(4, 16, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(3, (16,) if shared else (4, 16))
+    for loss_fn in (nn.CrossEntropyLoss(), lambda o, t: 0.5 * ((o - t[..., None]) ** 2).mean()):
+        chain = ChainLoss(loss_fn, shared)
+        value = chain(out, y)
+        assert chain.lean is not None  # the check passed and the lean call is in use
+        (grad,) = torch.autograd.grad(value.sum(), out)
+        ys = [y] * 4 if shared else list(y)
+        looped = torch.stack([loss_fn(o, t) for o, t in zip(out, ys)])
+        (grad_looped,) = torch.autograd.grad(looped.sum(), out)
+        torch.testing.assert_close(value, looped)
+        torch.testing.assert_close(grad, grad_looped)
+
+
+def test_chain_loss_falls_back_when_the_lean_call_fails(monkeypatch):
+    from slt_probe.sampling.stacked import ChainLoss
+
+    chain = ChainLoss(nn.MSELoss(), True)
+
+    def broken(*args):
+        raise RuntimeError("private functorch API changed")
+
+    monkeypatch.setattr(chain, "_lean", broken)
+    out, y = torch.randn(3, 8, 2), torch.randn(8, 2)
+    value = chain(out, y)
+    assert chain.checked and chain.lean is None
+    torch.testing.assert_close(value, torch.stack([nn.MSELoss()(o, y) for o in out]))

@@ -42,10 +42,15 @@ def _speed(args) -> int:
 
     warnings.filterwarnings("ignore")
     peak = speed.matmul_peak_flops()
+    # Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
+    # correction); "vmap_corrected" is estimate_llc's default, whose set-up measures the
+    # minibatch gradient noise (32 gradients) and whose noise costs one extra pass a step.
+    lau = {"sampler_options": {"noise": "independent"}, "minibatch_correction": False}
     variants = {
-        "vmap": {},
-        "vmap_indep_batches": {"shared_batch": False, "paired": False},
-        "vmap_bf16": {"compute_dtype": "bfloat16"},
+        "vmap": lau,
+        "vmap_corrected": {},
+        "vmap_indep_batches": {"shared_batch": False, "paired": False, **lau},
+        "vmap_bf16": {"compute_dtype": "bfloat16", **lau},
     }
     loops = {"devinterp_loop": None, "devinterp_loop_bf16": torch.bfloat16}
     rows = []
@@ -59,7 +64,7 @@ def _speed(args) -> int:
         extra = {}
         names = [k for k, p in w.model.named_parameters() if p.requires_grad]
         if stacked_layers(w.model, names) is not None:  # show what the hand-batched path buys
-            extra["vmap_generic"] = {"fast_path": False}
+            extra["vmap_generic"] = {"fast_path": False, **lau}
         for row in speed.compare(
             w, args.chains, steps, {**variants, **extra}, repeats=args.repeats, loops=loops
         ):

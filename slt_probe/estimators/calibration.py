@@ -4,10 +4,10 @@ SGLD diverges for εa ≥ 4 along a direction of curvature a, and with Euler–M
 relative discretisation bias there is ≈ εa/4 (Leimkuhler–Matthews noise, the default, removes
 it on quadratic losses; what remains at singular points is higher order), so ε is set from
 a_max, the largest curvature of the potential U = nβ·L_n + γ/2·‖w − w*‖², measured by power
-iteration on Hessian-vector products: ε = accuracy / a_max. At singular points the curvature grows away from w* (moving along a flat
-valley of a deep linear network stiffens the directions across it), so a_max is measured again
-at the end of short pilot chains and ε shrinks until the curvature the chains actually meet is
-covered, and the pilots neither diverge nor drift.
+iteration on Hessian-vector products: ε = accuracy / a_max. At singular points the curvature
+grows away from w* (moving along a flat valley of a deep linear network stiffens the directions
+across it), so a_max is measured again at the end of short pilot chains and ε shrinks until the
+curvature the chains actually meet is covered, and the pilots neither diverge nor drift.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def calibrate_step_size(
     """Choose the step size for ``kernel_cls`` (see module docstring).
 
     ``run_pilot(step_size) -> (final_positions [C, d], diverged: bool, drift: float)`` runs short
-    chains from w*; ``accuracy`` is the target ε·a_max (Euler–Maruyama's relative bias ≈ accuracy/4).
+    chains from w*; ``accuracy`` is the target ε·a_max (Euler–Maruyama's relative bias in the
+    stiffest direction ≈ accuracy/4).
     """
     h0 = top_curvature(flat, x, y, flat.w_star, generator=generator)
     a_max = nbeta * h0 + localization

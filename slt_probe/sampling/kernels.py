@@ -10,8 +10,8 @@ gradients or draw random numbers themselves: the driver passes ∇L_m at the cur
 one noise tensor per step (N(0, I), or the Leimkuhler–Matthews average of two consecutive N(0, I)
 draws for a kernel whose ``noise`` attribute asks for it), which keeps them tensor arithmetic
 over rows, independent of the model, and lets the driver run blocks of chains on different
-threads. SGLD updates the position in
-place (the driver owns the state); the others return new tensors.
+threads. SGLD updates the position in place (the driver owns the state); the others return new
+tensors.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class SamplerState:
 class KernelConfig:
     """Hyperparameters shared by every kernel: step size ε, nβ, γ and the centre w*.
 
-    ``gradient_noise_var`` (optional, ``[d]``): the variance of the minibatch gradient ∇L_m per
-    coordinate, s_j/m (see :mod:`slt_probe.geometry.gradient_noise`); SGLD injects that much less
-    noise. ``None``: no correction.
+    ``gradient_noise_var`` (optional, ``[d]``): Var(∂L_m/∂w_j), the variance of the minibatch
+    gradient per coordinate (see :mod:`slt_probe.geometry.gradient_noise`); SGLD injects that
+    much less noise. ``None``: no correction.
     """
 
     step_size: float
@@ -68,10 +68,10 @@ class SGLD:
     Noise (``noise=``):
 
     - ``"leimkuhler-matthews"`` (default): z_t = (ξ_t + ξ_{t+1})/2 with ξ i.i.d. N(0, I), the
-      Leimkuhler–Matthews (2013) scheme. Same cost and stability range (ε·a < 4) as Euler–Maruyama,
-      but its stationary distribution is exact for any quadratic U (the variance along curvature a
-      is 1/a), where Euler–Maruyama's is 1/(a·(1 − εa/4)): a relative bias of εa/4 that inflated
-      λ̂ of regular models by a few per cent at the default step size.
+      Leimkuhler–Matthews (2013) scheme. Same cost and stability range (ε·a < 4) as
+      Euler–Maruyama, but its stationary distribution is exact for any quadratic U (the variance
+      along curvature a is 1/a), where Euler–Maruyama's is 1/(a·(1 − εa/4)): a relative bias of
+      εa/4 that inflated λ̂ of regular models by a few per cent at the default step size.
     - ``"independent"``: z_t = ξ_t, Euler–Maruyama, the update of Lau et al. and devinterp.
 
     σ_j = √(1 − (ε/4)·nβ²·v_j), with v_j = ``config.gradient_noise_var`` (the minibatch
