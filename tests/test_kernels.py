@@ -75,6 +75,24 @@ def test_minibatch_noise_correction_restores_the_target_variance():
     assert kernel.noise_scale.tolist() == pytest.approx([math.sqrt(0.5), 0.0, 1.0, 1.0])
 
 
+def test_euler_maruyama_sgld_small_step_reaches_exact_variance():
+    a, eps = 10.0, 0.002
+    var = _gaussian_chain("sgld", eps, a, noise="independent")
+    assert var == pytest.approx(1.0 / a, rel=0.05)
+
+
+def test_sgnht_samples_the_target_variance():
+    a, h = 10.0, 0.03
+    var = _gaussian_chain("sgnht", h, a, steps=8000, diffusion=0.5)
+    assert var == pytest.approx(1.0 / a, rel=0.1)
+
+
+def test_rmsprop_sgld_samples_the_target_variance():
+    a = 10.0
+    var = _gaussian_chain("rmsprop_sgld", 0.005, a, steps=8000, delta=0.1)
+    assert var == pytest.approx(1.0 / a, rel=0.1)
+
+
 @pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
 def test_non_positive_step_size_is_refused(bad):
     config = KernelConfig(step_size=bad, nbeta=1.0, localization=0.0, center=torch.zeros(2))
