@@ -173,18 +173,17 @@ def _accuracy(args) -> int:
             r["seed"] = seed
         all_rows += rows + extra_rows
         per_seed.append({"seed": seed, **summary})
-    payload = {"benchmark": "accuracy", "estimator": kwargs, **per_seed[0]}
-    if len(seeds) > 1:
-        payload.pop("seed")
-        payload = {
-            "benchmark": "accuracy",
-            "estimator": kwargs,
-            "seeds": seeds,
-            "median_abs_rel_error_per_seed": [p["median_abs_rel_error"] for p in per_seed],
-            "worst_abs_rel_error": max(p["worst_abs_rel_error"] for p in per_seed),
-            "order_preserved_seeds": [p["seed"] for p in per_seed if p["order_preserved"]],
-            "per_seed": per_seed,
-        }
+    payload = {"benchmark": "accuracy", "estimator": kwargs}
+    if len(seeds) == 1:
+        payload.update(per_seed[0])
+    else:
+        payload.update(
+            seeds=seeds,
+            median_abs_rel_error_per_seed=[p["median_abs_rel_error"] for p in per_seed],
+            worst_abs_rel_error=max(p["worst_abs_rel_error"] for p in per_seed),
+            order_preserved_seeds=[p["seed"] for p in per_seed if p["order_preserved"]],
+            per_seed=per_seed,
+        )
     payload.update(_machine())
     payload["rows"] = all_rows
     _emit(payload, all_rows, args.json)

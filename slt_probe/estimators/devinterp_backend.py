@@ -58,6 +58,9 @@ def estimate_llc_devinterp(
 
     nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
     m = resolve_batch_size(batch_size, n, data, nbeta)
+    # devinterp's SGLD is Euler–Maruyama with the full injected noise: its pilots for
+    # step_size="auto" run that update, and the result says so
+    options = {"noise": "independent"} if sampler == "sgld" else {}
     problem = Problem.build(
         model,
         loss_fn,
@@ -68,8 +71,7 @@ def estimate_llc_devinterp(
         batch_size=m,
         seed=seed,
         device=device,
-        # pilots for step_size="auto" run devinterp's update (Euler–Maruyama, full noise)
-        sampler_options={"noise": "independent"} if sampler == "sgld" else None,
+        sampler_options=options,
     )
     calibration = {}
     if step_size == "auto":
@@ -136,6 +138,5 @@ def estimate_llc_devinterp(
         backend="devinterp",
         diagnostics=diagnostics,
         wall_time_s=time.perf_counter() - start,
-        # devinterp's SGLD is Euler–Maruyama with the full injected noise
-        sampler_options={"noise": "independent"} if sampler == "sgld" else {},
+        sampler_options=options,
     )
