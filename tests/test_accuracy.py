@@ -29,3 +29,19 @@ def test_benchmark_criterion_with_default_arguments():
     assert summary["spearman_rho"] > 0.95
     assert summary["order_preserved"]
     assert np.all(np.isfinite([r["llc"] for r in rows]))
+
+
+@pytest.mark.slow
+def test_long_chains_at_a_singular_point_reach_stiffer_regions_and_say_so():
+    """A rank-1 deep linear network: its chains drift along the flat directions into regions
+    many times stiffer than at w*; past 4,000 burn-in steps the step size is too coarse there."""
+    case = dln_case([12, 10, 8, 6, 4], 1, seed=2)
+    short = estimate_llc(case.model, case.loss_fn, case.data, seed=2)
+    long = estimate_llc(case.model, case.loss_fn, case.data, seed=2, num_burnin=16_000)
+    at_w_star = short.diagnostics.calibration["curvature_at_w_star"]
+    end, far = short.diagnostics.end_curvature, long.diagnostics.end_curvature
+    assert end["curvature"] > 3 * at_w_star and end["stiffness"] < 1.0
+    assert not any("too coarse" in w for w in short.diagnostics.warnings)
+    assert far["distance"] > end["distance"] and far["stiffness"] > 1.0
+    assert any("too coarse" in w for w in long.diagnostics.warnings)
+    assert long.llc_mean > short.llc_mean  # the coarse step inflates λ̂

@@ -348,3 +348,13 @@ def test_chain_blocks_share_the_threads_out_and_give_them_back():
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["sgld", "sgnht", "rmsprop_sgld"])
+def test_stiffness_is_the_inverse_of_the_auto_step_rule(name):
+    from slt_probe.sampling.kernels import KERNELS
+
+    kernel = KERNELS[name]
+    for a, accuracy in ((1e4, 0.1), (3.0, 0.5)):
+        assert kernel.stiffness(kernel.auto_step_size(a, accuracy), a) == pytest.approx(accuracy)
+    assert kernel.stiffness(1e-3, 4e3) > kernel.stiffness(1e-3, 1e3)  # stiffer where a is larger

@@ -174,6 +174,26 @@ def test_too_large_step_diverges_and_is_reported_not_averaged():
     assert any("diverged" in w for w in res.diagnostics.warnings)
 
 
+def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reached():
+    model, data, _ = linear_regression(n=500)
+    x = torch.cat([data[0], torch.ones(500, 1)], 1).double()
+    # a quadratic loss: the same curvature everywhere, nβ·λ_max(E[x̃x̃ᵀ]) + γ with x̃ = (x, 1)
+    a = default_nbeta(500) * float(torch.linalg.eigvalsh(x.T @ x / 500)[-1]) + 1.0
+    calm = estimate_llc(model, half_sq, data, num_draws=200, num_burnin=100, seed=0)
+    end = calm.diagnostics.end_curvature
+    # power iteration (12 steps) approaches the top eigenvalue from below
+    assert 0.95 * a <= end["curvature"] <= 1.001 * a
+    assert end["stiffness"] == pytest.approx(calm.step_size * end["curvature"], rel=1e-9)
+    assert end["distance"] > 0
+    assert not any("too coarse" in w for w in calm.diagnostics.warnings)
+    stiff = estimate_llc(
+        model, half_sq, data, step_size=2.0 / a, num_draws=200, num_burnin=100, seed=0
+    )
+    assert stiff.diagnostics.num_diverged == 0
+    assert 0.95 * 2.0 <= stiff.diagnostics.end_curvature["stiffness"] <= 1.001 * 2.0
+    assert any("too coarse" in w for w in stiff.diagnostics.warnings)
+
+
 def test_negative_llc_warns_that_w_star_is_not_a_minimum():
     model, data, _ = linear_regression(n=2000)
     with torch.no_grad():

@@ -106,6 +106,7 @@ def test_probe_measures_only_on_schedule_and_restores_the_model(tmp_path):
     ):
         assert col in df.columns
     assert (df["two_llc"] == 2 * df["llc_mean"]).all()
+    assert ((df["end_stiffness"] > 0) & (df["end_stiffness"] < 4)).all()  # stable chains
     assert df["n_params"].iloc[0] == sum(p.numel() for p in model.parameters())
     assert len(df["loss_trace"].iloc[0]) == 4 and len(df["loss_trace"].iloc[0][0]) == 30
     assert [r["step"] for r in read_jsonl(tmp_path / "llc.jsonl")] == [0, 20, 40]

@@ -31,12 +31,13 @@ def top_curvature(
     *,
     iters: int = 20,
     generator: torch.Generator | None = None,
+    max_examples: int = _CURVATURE_BATCH,
 ) -> float:
     """Largest-magnitude eigenvalue of ∇²L (the loss Hessian) at ``position`` by power iteration
-    (forward-over-reverse HVPs on at most 2,048 examples). Units: loss / parameter²."""
+    (forward-over-reverse HVPs on at most ``max_examples`` examples). Units: loss / parameter²."""
     n = x.shape[0]
-    if n > _CURVATURE_BATCH:
-        idx = torch.randperm(n, generator=generator)[:_CURVATURE_BATCH].to(x.device)
+    if n > max_examples:
+        idx = torch.randperm(n, generator=generator)[:max_examples].to(x.device)
         x, y = x[idx], y[idx]
     op = flat_hvp(flat, x, y, position)
     eig = power_iteration(

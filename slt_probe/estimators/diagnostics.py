@@ -12,6 +12,9 @@ import numpy as np
 from slt_probe.estimators.result import Diagnostics
 
 RHAT_WARN = 1.1
+#: Stiffness (ε·a for SGLD) at the chains' end above which λ̂ is flagged: a quarter of SGLD's
+#: stability limit, and 5–10× what ``step_size="auto"`` aims for.
+STIFFNESS_WARN = 1.0
 
 
 def _numpyro_diagnostics():
@@ -30,6 +33,16 @@ def trace_drift(trace: np.ndarray, nbeta: float) -> np.ndarray:
     draws = trace.shape[1]
     third = max(draws // 3, 1)
     return nbeta * (np.nanmean(trace[:, -third:], axis=1) - np.nanmean(trace[:, :third], axis=1))
+
+
+def stiffness_warning(end: dict) -> str:
+    """The warning for chains that ended in a region too stiff for their step size."""
+    return (
+        f"the chains ended {end['distance']:.3g} from w* where the curvature is {end['curvature']:.3g}: "
+        f"step × curvature = {end['stiffness']:.2g} (> {STIFFNESS_WARN:g}; 4 is SGLD's stability "
+        "limit), so the step size is too coarse for the region they reached and λ̂ is inflated. "
+        "Use a smaller step size, fewer steps, or a larger localization γ to keep the chains near w*."
+    )
 
 
 def compute_diagnostics(

@@ -18,8 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt_probe.estimators.calibration import Calibration, calibrate_step_size
-from slt_probe.estimators.diagnostics import compute_diagnostics, trace_drift
+from slt_probe.estimators.calibration import Calibration, calibrate_step_size, top_curvature
+from slt_probe.estimators.diagnostics import (
+    STIFFNESS_WARN,
+    compute_diagnostics,
+    stiffness_warning,
+    trace_drift,
+)
 from slt_probe.estimators.inputs import (
     as_tensors,
     check_model_for_vmap,
@@ -240,6 +245,9 @@ def estimate_llc(
             f"{diagnostics.minibatch_noise['clamped_coordinates']} coordinates, so it could not be "
             "fully corrected there and inflates λ̂: use a larger batch_size or a smaller step size."
         )
+    diagnostics.end_curvature = problem.end_curvature(trace, eps_used)
+    if diagnostics.end_curvature.get("stiffness", 0.0) > STIFFNESS_WARN:
+        diagnostics.warnings.append(stiffness_warning(diagnostics.end_curvature))
     for r in retried:
         diagnostics.warnings.insert(
             0,
@@ -407,6 +415,33 @@ class Problem:
             "corrected": True,
             "mean_fraction": kernel.minibatch_noise_fraction,
             "clamped_coordinates": kernel.clamped_coordinates,
+        }
+
+    def end_curvature(self, trace: ChainTrace, eps: float) -> dict:
+        """Where the chains ended: the top curvature a of U = nβ·L_n + γ/2‖w − w*‖² at the chain
+        furthest from w* (power iteration on 512 examples), that chain's distance from w*, and
+        the kernel's stiffness there (ε·a for SGLD). Long chains at a singular w* drift along its
+        flat directions into stiffer regions than the step size was calibrated for."""
+        alive = (trace.diverged_at < 0).to(trace.final_position.device)
+        if not alive.any():
+            return {}
+        positions = trace.final_position[alive]
+        distances = (positions - self.flat.w_star).norm(dim=1)
+        far = int(torch.argmax(distances))
+        h = top_curvature(
+            self.flat,
+            self.x,
+            self.y,
+            positions[far],
+            iters=12,
+            generator=torch.Generator().manual_seed(self.seed + 3),
+            max_examples=512,
+        )
+        a = self.nbeta * h + self.localization
+        return {
+            "curvature": a,
+            "distance": float(distances[far]),
+            "stiffness": KERNELS[self.sampler].stiffness(eps, a),
         }
 
     def chains(self, eps: float, steps: int, seed: int, count: int) -> ChainTrace:

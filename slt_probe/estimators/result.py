@@ -19,7 +19,10 @@ class Diagnostics:
     or exploded; ``warnings`` are plain-language sentences for people. ``minibatch_noise``
     describes SGLD's minibatch-noise correction: whether it ran, the mean over coordinates of
     the fraction of the injected variance it removed, (ε/4)·nβ²·Var(∂L_m/∂w_j), and how many
-    coordinates it could not fully correct (``clamped_coordinates``).
+    coordinates it could not fully correct (``clamped_coordinates``). ``end_curvature``: the top
+    curvature a of the potential at the end of the chain furthest from w*, that chain's
+    ``distance`` from w* and the sampler's ``stiffness`` there (ε·a for SGLD, unstable from 4;
+    a warning above 1); empty where not measured (the devinterp backend).
     """
 
     r_hat: float = float("nan")
@@ -30,6 +33,7 @@ class Diagnostics:
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
     minibatch_noise: dict[str, Any] = field(default_factory=dict)
+    end_curvature: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:

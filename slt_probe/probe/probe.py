@@ -140,6 +140,7 @@ class LLCProbe:
             "num_draws": res.num_draws,
             "compute_dtype": res.compute_dtype,
             "minibatch_noise_fraction": d.minibatch_noise.get("mean_fraction"),
+            "end_stiffness": d.end_curvature.get("stiffness"),
             "init_loss": res.init_loss,
             "r_hat": d.r_hat,
             "ess": d.ess,

@@ -110,6 +110,12 @@ class SGLD:
         scale, equals ``accuracy``."""
         return accuracy / a_max
 
+    @staticmethod
+    def stiffness(step_size: float, curvature: float) -> float:
+        """ε·a: the step along a direction of curvature a in units of its time scale (the
+        inverse of :meth:`auto_step_size`; the chain is unstable there from 4)."""
+        return step_size * curvature
+
     def step(
         self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
@@ -162,6 +168,11 @@ class SGNHT:
         """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
         return math.sqrt(accuracy / a_max)
 
+    @staticmethod
+    def stiffness(step_size: float, curvature: float) -> float:
+        """h²·a, the counterpart of SGLD's ε·a."""
+        return step_size**2 * curvature
+
     def step(
         self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
@@ -204,6 +215,11 @@ class RMSPropSGLD:
         """ε = accuracy/√a_max: at equilibrium |∇U| ≈ √a in a direction of curvature a, so
         G ≈ 1/√a and the preconditioned ε·G·a_max equals ``accuracy``."""
         return accuracy / math.sqrt(a_max)
+
+    @staticmethod
+    def stiffness(step_size: float, curvature: float) -> float:
+        """ε·√a, the preconditioned counterpart of SGLD's ε·a."""
+        return step_size * math.sqrt(curvature)
 
     def step(
         self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
