@@ -175,10 +175,11 @@ def test_too_large_step_diverges_and_is_reported_not_averaged():
 
 
 def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reached():
-    model, data, _ = linear_regression(n=500)
-    x = torch.cat([data[0], torch.ones(500, 1)], 1).double()
-    # a quadratic loss: the same curvature everywhere, nβ·λ_max(E[x̃x̃ᵀ]) + γ with x̃ = (x, 1)
-    a = default_nbeta(500) * float(torch.linalg.eigvalsh(x.T @ x / 500)[-1]) + 1.0
+    model, data, _ = linear_regression(n=256)
+    x = torch.cat([data[0], torch.ones(256, 1)], 1).double()
+    # n = 256: the end check's power iteration sees every example.
+    # A quadratic loss: the same curvature everywhere, nβ·λ_max(E[x̃x̃ᵀ]) + γ with x̃ = (x, 1)
+    a = default_nbeta(256) * float(torch.linalg.eigvalsh(x.T @ x / 256)[-1]) + 1.0
     calm = estimate_llc(model, half_sq, data, num_draws=200, num_burnin=100, seed=0)
     end = calm.diagnostics.end_curvature
     # power iteration (12 steps) approaches the top eigenvalue from below

@@ -419,7 +419,7 @@ class Problem:
 
     def end_curvature(self, trace: ChainTrace, eps: float) -> dict:
         """Where the chains ended: the top curvature a of U = nβ·L_n + γ/2‖w − w*‖² at the chain
-        furthest from w* (power iteration on 512 examples), that chain's distance from w*, and
+        furthest from w* (power iteration on 256 examples), that chain's distance from w*, and
         the kernel's stiffness there (ε·a for SGLD). Long chains at a singular w* drift along its
         flat directions into stiffer regions than the step size was calibrated for."""
         alive = (trace.diverged_at < 0).to(trace.final_position.device)
@@ -435,7 +435,7 @@ class Problem:
             positions[far],
             iters=12,
             generator=torch.Generator().manual_seed(self.seed + 3),
-            max_examples=512,
+            max_examples=256,
         )
         a = self.nbeta * h + self.localization
         return {
