@@ -1,4 +1,6 @@
-"""``slt-probe run SPEC [--set key=value ...] [--out DIR] [--name NAME] [--resume] [--no-report]``."""
+"""``slt-probe run SPEC [--set key=value ...] [--out DIR] [--name NAME] [--resume] [--no-report]``
+and ``slt-probe llc RUN_DIR [--steps ...] [--like-probe] [estimator options]`` (λ̂ again at a run's
+checkpoints, :mod:`slt_probe.runs.posthoc`)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,94 @@ def register(subparsers) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
+
+    q = subparsers.add_parser(
+        "llc",
+        help="estimate λ̂ again at a run's checkpoints, with other settings",
+        description="Re-estimate λ̂ at the checkpoints of a run directory (default: the steps its "
+        "probe measured) with estimate_llc's defaults, or the run's probe settings "
+        "(--like-probe), overridden by the options given. Rows are appended to "
+        "RUN_DIR/llc_posthoc.jsonl as each checkpoint finishes; rerunning the same command "
+        "skips the steps already done.",
+    )
+    q.add_argument("run_dir", help="a run directory, e.g. runs/omnigrok_mnist")
+    q.add_argument("--steps", type=int, nargs="+", help="checkpoint steps (default: the probe's)")
+    q.add_argument(
+        "--like-probe", action="store_true", help="start from the run's own probe settings"
+    )
+    q.add_argument("--num-chains", type=int)
+    q.add_argument("--num-draws", type=int)
+    q.add_argument("--num-burnin", type=int)
+    q.add_argument("--step-size", type=_step_size, help='a positive float, or "auto"')
+    q.add_argument("--localization", type=float, help="γ")
+    q.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
+    q.add_argument("--batch-size", type=int)
+    q.add_argument("--sampler", choices=("sgld", "sgnht", "rmsprop_sgld"))
+    q.add_argument("--backend", choices=("vmap", "devinterp"))
+    q.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32", "float64"))
+    q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")
+    q.add_argument("--out", help="JSONL file for the rows (default RUN_DIR/llc_posthoc.jsonl)")
+    q.set_defaults(func=llc_main)
+
+
+def _step_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'step size must be a number or "auto", got {text!r}'
+        ) from None
+
+
+_ESTIMATOR_OPTIONS = (
+    "num_chains",
+    "num_draws",
+    "num_burnin",
+    "step_size",
+    "localization",
+    "nbeta",
+    "batch_size",
+    "sampler",
+    "backend",
+    "compute_dtype",
+    "seed",
+)
+
+
+def llc_main(args: argparse.Namespace) -> int:
+    from slt_probe.runs.posthoc import POSTHOC_FILE, estimate_checkpoints
+
+    options = {k: getattr(args, k) for k in _ESTIMATOR_OPTIONS if getattr(args, k) is not None}
+
+    def show(row: dict) -> None:
+        probe = row["probe_llc_mean"]
+        stiff = row["end_stiffness"]
+        print(
+            f"step {row['step']:>8}: λ̂ = {row['llc_mean']:.4g} ± {row['llc_stderr']:.2g}"
+            + (f" (probe {probe:.4g})" if probe is not None else "")
+            + f", ε = {row['step_size']:.3g}, R-hat {row['r_hat'] or float('nan'):.3f}"
+            + (f", ε·a at end {stiff:.2g}" if stiff is not None else "")
+            + f", {row['wall_time_s']:.1f} s"
+            + (f", {len(row['warnings'])} warning(s)" if row["warnings"] else ""),
+            flush=True,
+        )
+
+    try:
+        rows = estimate_checkpoints(
+            args.run_dir,
+            args.steps,
+            like_probe=args.like_probe,
+            out=args.out,
+            on_row=show,
+            **options,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"slt-probe llc: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(rows)} checkpoint(s); rows in {args.out or Path(args.run_dir) / POSTHOC_FILE}")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:

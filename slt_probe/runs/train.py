@@ -27,6 +27,7 @@ from torch import nn
 
 from slt_probe.runs.data import RunData, load_data
 from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
+from slt_probe.runs.posthoc import probe_estimator_kwargs
 from slt_probe.runs.rundir import RunDir, json_clean
 from slt_probe.runs.spec import SpecError, build_model, known_llc, load_spec
 
@@ -222,25 +223,19 @@ class Trainer:
             ) from exc
         from slt_probe.probe.schedules import make_schedule
 
-        p = dict(self.probe_cfg)
-        schedule, num_points = p.pop("schedule"), p.pop("num_points")
+        p = self.probe_cfg
         # the steps themselves, so that a log/linear schedule can start after step 0
-        schedule = make_schedule(schedule, num_points, self.total, start=p.pop("start"))
-        hessian, hessian_kwargs = p.pop("hessian"), p.pop("hessian_kwargs") or None
-        p.pop("enabled")
-        if not p.get("sampler_options"):
-            p.pop("sampler_options", None)
-        estimator_kwargs = {k: v for k, v in p.items() if v is not None}
+        schedule = make_schedule(p["schedule"], p["num_points"], self.total, start=p["start"])
         return LLCProbe(
             self.loss_fn,
             (self.data.x_train, self.data.y_train),
             schedule=schedule,
-            num_points=num_points,
+            num_points=p["num_points"],
             total_steps=self.total,
             run_dir=self.rd.path,
-            hessian=hessian,
-            hessian_kwargs=hessian_kwargs,
-            **estimator_kwargs,
+            hessian=p["hessian"],
+            hessian_kwargs=p["hessian_kwargs"] or None,
+            **probe_estimator_kwargs(p),
         )
 
     # --- checkpoints -------------------------------------------------------------------------
