@@ -45,3 +45,20 @@ def test_long_chains_at_a_singular_point_reach_stiffer_regions_and_say_so():
     assert far["distance"] > end["distance"] and far["stiffness"] > 1.0
     assert any("too coarse" in w for w in long.diagnostics.warnings)
     assert long.llc_mean > short.llc_mean  # the coarse step inflates λ̂
+
+
+def test_misordered_pairs_measure_each_flip_in_standard_errors():
+    from slt_probe.bench.accuracy import misordered_pairs
+
+    rows = [
+        {"case": "a", "true_llc": 2.0, "llc": 2.1, "llc_stderr": 0.1},
+        {"case": "b", "true_llc": 18.0, "llc": 17.96, "llc_stderr": 0.2},
+        {"case": "c", "true_llc": 19.5, "llc": 17.64, "llc_stderr": 0.15},
+    ]
+    (pair,) = misordered_pairs(rows)
+    assert (pair["lower"], pair["higher"]) == ("b", "c")
+    assert pair["true_gap_rel"] == pytest.approx(19.5 / 18.0 - 1)
+    assert pair["estimated_gap"] == pytest.approx(-0.32)
+    assert pair["z"] == pytest.approx(-0.32 / 0.25)
+    rows[2]["llc"] = 18.5
+    assert misordered_pairs(rows) == []

@@ -24,30 +24,7 @@ from typing import Any
 
 import torch
 
-try:  # the probe package owns the JSONL helpers
-    from slt_probe.probe.store import append_jsonl, read_jsonl, truncate_jsonl
-except ImportError:  # pragma: no cover - until slt_probe.probe lands; same behaviour
-
-    def append_jsonl(path, row):
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=_json_default) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def read_jsonl(path):
-        rows = []
-        if Path(path).exists():
-            for line in Path(path).read_text(encoding="utf-8").splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-        return rows
-
-    def truncate_jsonl(path, max_step):
-        rows = [r for r in read_jsonl(path) if r.get("step", -1) <= max_step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
+from slt_probe.probe.store import append_jsonl, read_jsonl, truncate_jsonl
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
