@@ -44,15 +44,17 @@ def probe_estimator_kwargs(probe: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _steps_to_measure(rd: RunDir, steps: Iterable[int] | None) -> list[tuple[int, Path]]:
+def _steps_to_measure(
+    rd: RunDir, steps: Iterable[int] | None, probed: Iterable[int]
+) -> list[tuple[int, Path]]:
     checkpoints = dict(rd.list_checkpoints())
     if not checkpoints:
         raise FileNotFoundError(
             f"{rd.path} has no checkpoints ({rd.checkpoints}/step_*.pt): nothing to re-estimate"
         )
     if steps is None:  # the probe's points, else every checkpoint
-        probed = sorted({int(r["step"]) for r in rd.llc_rows()} & set(checkpoints))
-        return [(s, checkpoints[s]) for s in (probed or sorted(checkpoints))]
+        measured = sorted(set(probed) & set(checkpoints))
+        return [(s, checkpoints[s]) for s in (measured or sorted(checkpoints))]
     out = []
     for s in steps:
         if int(s) not in checkpoints:
@@ -86,7 +88,8 @@ def estimate_checkpoints(
     if not rd.config.exists():
         raise FileNotFoundError(f"{rd.path} is not a run directory (no config.json)")
     config = rd.read_config()
-    chosen = _steps_to_measure(rd, steps)
+    probe_llc = {int(r["step"]): r.get("llc_mean") for r in rd.llc_rows()}
+    chosen = _steps_to_measure(rd, steps, probe_llc)
     settings = {
         **(probe_estimator_kwargs(config["probe"]) if like_probe else {}),
         **estimator_kwargs,
@@ -95,12 +98,7 @@ def estimate_checkpoints(
     seed = int(settings.pop("seed", 0))
     key = {**settings, "seed": seed}
     out = Path(out) if out is not None else rd.path / POSTHOC_FILE
-    done = {
-        int(r["step"]): r
-        for r in (read_jsonl(out) if out.exists() else [])
-        if r.get("settings") == key
-    }
-    probe_llc = {int(r["step"]): r.get("llc_mean") for r in rd.llc_rows()}
+    done = {int(r["step"]): r for r in read_jsonl(out) if r.get("settings") == key}
 
     dtype = getattr(torch, config["train"]["dtype"])
     base = Path(config["spec_path"]).parent if config.get("spec_path") else None
