@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from slt_probe.estimators.diagnostics import compute_diagnostics, trace_drift
+from slt_probe.estimators.diagnostics import compute_diagnostics, trace_drift, virial_check
 
 
 def _diag(trace, nbeta=10.0, diverged=None, burnin=0):
@@ -61,3 +61,25 @@ def test_all_chains_diverged():
     d = _diag(trace, diverged=[3, 4])
     assert d.num_used_chains == 0
     assert any("every chain diverged" in w for w in d.warnings)
+
+
+def test_virial_check_averages_records_per_chain_and_skips_diverged_chains():
+    # nβ·(w − w*)·∇L = 6 and γ‖w − w*‖² = 4 per record on d = 10: ratio 1 (γ = 2)
+    terms = np.zeros((3, 5, 2))
+    terms[..., 0], terms[..., 1] = 6.0 / 3.0, 2.0
+    terms[1, :, 0] = 9.0 / 3.0  # chain 1 runs hot: (9 + 4)/10
+    terms[2, 2:] = np.nan  # chain 2 diverged after two records: only those two count
+    report, warning = virial_check(terms, nbeta=3.0, localization=2.0, dim=10)
+    assert report["per_chain"] == [1.0, 1.3, 1.0]
+    assert report["ratio"] == np.mean([1.0, 1.3, 1.0])
+    assert report["records"] == 5
+    assert warning is None  # 1.1 is above 1.1 barely, and within 3 standard errors of 1
+    terms[:, :, 0] = 9.0 / 3.0
+    report, warning = virial_check(terms, nbeta=3.0, localization=2.0, dim=10)
+    assert report["ratio"] == 1.3 and report["stderr"] == 0.0
+    assert "virial ratio" in warning and "1.3" in warning
+
+
+def test_virial_check_without_usable_chains_reports_nothing():
+    report, warning = virial_check(np.full((2, 4, 2), np.nan), nbeta=3.0, localization=1.0, dim=4)
+    assert report == {} and warning is None

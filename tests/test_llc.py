@@ -195,6 +195,38 @@ def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reache
     assert any("too coarse" in w for w in stiff.diagnostics.warnings)
 
 
+def test_virial_ratio_is_one_at_equilibrium_and_measures_heating():
+    # E[(w − w*)·∇U] = d for any target ∝ exp(−U); for this quadratic loss nβ·(L − L*) is also
+    # half of nβ·(w − w*)·∇L, so λ̂ / (d/2) and the virial ratio read the same heating.
+    model, data, truth = linear_regression(n=4000)
+    kw = dict(num_draws=2000, num_burnin=500, seed=1)
+    calm = estimate_llc(model, half_sq, data, **kw)
+    v = calm.diagnostics.virial
+    assert v["records"] == 250 and len(v["per_chain"]) == 4
+    assert v["ratio"] == pytest.approx(1.0, abs=0.08)
+    assert not any("virial" in w for w in calm.diagnostics.warnings)
+    # minibatch noise left in (batch 32, no correction) heats the chains by a third
+    hot = estimate_llc(
+        model, half_sq, data, step_size=2e-4, batch_size=32, minibatch_correction=False, **kw
+    )
+    ratio, stderr = hot.diagnostics.virial["ratio"], hot.diagnostics.virial["stderr"]
+    assert ratio > 1.15
+    # the records carry the batch-32 gradient noise: agreement within their standard error
+    assert hot.llc_mean / truth == pytest.approx(ratio, abs=0.03 + 3 * stderr)
+    assert any("virial ratio" in w and "hotter" in w for w in hot.diagnostics.warnings)
+
+
+def test_virial_ratio_shows_chains_not_yet_spread_along_flat_directions():
+    # At a singular w* the directions held only by γ = 1 need ~1/(εγ) ≫ 2,000 steps to spread:
+    # the ratio reads well below 1, which is reported and not warned about.
+    from slt_probe.truth.cases import dln_case
+
+    case = dln_case([5, 4, 3, 4], 1, n=4000, seed=0)
+    res = estimate_llc(case.model, case.loss_fn, case.data, num_draws=1000, num_burnin=1000)
+    assert 0.1 < res.diagnostics.virial["ratio"] < 0.7
+    assert not any("virial" in w for w in res.diagnostics.warnings)
+
+
 def test_negative_llc_warns_that_w_star_is_not_a_minimum():
     model, data, _ = linear_regression(n=2000)
     with torch.no_grad():

@@ -84,6 +84,7 @@ def make_run(path: Path, *, name: str = "demo", complete: bool = True, steps: in
                 "ess": 300.0,
                 "step_size": 1e-5,
                 "end_stiffness": 0.125,
+                "virial_ratio": 0.8771,
                 "num_diverged": 0,
                 "warnings": [f"{EVIL} drifting"] if i == 2 else [],
                 "hessian_eff_dim": float(10 + llc),
@@ -132,6 +133,7 @@ def test_run_report_has_every_figure_and_table(tmp_path):
     assert 'class="warn"' in html  # the probe point with a warning is highlighted
     assert "lag" in html and "steps" in html
     assert "ε·a at end" in html and "<td>0.12</td>" in html  # where the chains ended
+    assert ">virial</th>" in html and "<td>0.877</td>" in html
     # standalone: nothing is fetched (namespace URIs inside the SVGs are names, not resources)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "link" not in doc.tags and doc.scripts == 0

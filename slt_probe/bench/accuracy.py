@@ -51,7 +51,7 @@ def benchmark_cases(quick: bool = False, seed: int = 0) -> tuple[list, list]:
 
 def accuracy_table(cases, **estimator_kwargs) -> tuple[list[dict], dict]:
     """Rows (case, d, true λ, λ̂ ± std and standard error, relative error, step size, seconds,
-    warnings) and a summary {median_abs_rel_error, worst_abs_rel_error, spearman_rho,
+    virial ratio, warnings) and a summary {median_abs_rel_error, worst_abs_rel_error, spearman_rho,
     order_preserved, misordered_pairs} (see :func:`misordered_pairs`)."""
     rows = []
     for case in cases:
@@ -68,13 +68,14 @@ def accuracy_table(cases, **estimator_kwargs) -> tuple[list[dict], dict]:
                 "rel_error": res.llc_mean / case.true_llc - 1.0,
                 "step_size": res.step_size,
                 "seconds": time.perf_counter() - start,
+                "virial_ratio": res.diagnostics.virial.get("ratio", float("nan")),
                 "warnings": len(res.diagnostics.warnings),
             }
         )
         r = rows[-1]
         print(
             f"  {r['case']}: λ = {r['true_llc']:g}, λ̂ = {r['llc']:.3f} ± {r['llc_std']:.3f} "
-            f"({100 * r['rel_error']:+.1f} %), {r['seconds']:.0f} s",
+            f"({100 * r['rel_error']:+.1f} %), virial {r['virial_ratio']:.2f}, {r['seconds']:.0f} s",
             flush=True,
         )
     errors = np.abs([r["rel_error"] for r in rows])

@@ -21,9 +21,11 @@ from torch import nn
 from slt_probe.estimators.calibration import Calibration, calibrate_step_size, top_curvature
 from slt_probe.estimators.diagnostics import (
     STIFFNESS_WARN,
+    VIRIAL_EVERY,
     compute_diagnostics,
     stiffness_warning,
     trace_drift,
+    virial_check,
 )
 from slt_probe.estimators.inputs import (
     as_tensors,
@@ -216,7 +218,8 @@ def estimate_llc(
     retried = []
     while True:
         runs = [
-            (eps * f, chains(eps * f, num_burnin + num_draws, seed, num_chains)) for f in factors
+            (eps * f, chains(eps * f, num_burnin + num_draws, seed, num_chains, num_burnin))
+            for f in factors
         ]
         diverged = sum(int((t.diverged_at >= 0).sum()) for _, t in runs)
         if not diverged or not retries_left:
@@ -248,6 +251,12 @@ def estimate_llc(
     diagnostics.end_curvature = problem.end_curvature(trace, eps_used)
     if diagnostics.end_curvature.get("stiffness", 0.0) > STIFFNESS_WARN:
         diagnostics.warnings.append(stiffness_warning(diagnostics.end_curvature))
+    if trace.virial_terms is not None:
+        diagnostics.virial, warning = virial_check(
+            trace.virial_terms.numpy(), nbeta=nbeta, localization=localization, dim=problem.flat.dim
+        )
+        if warning:
+            diagnostics.warnings.append(warning)
     for r in retried:
         diagnostics.warnings.insert(
             0,
@@ -444,8 +453,13 @@ class Problem:
             "stiffness": KERNELS[self.sampler].stiffness(eps, a),
         }
 
-    def chains(self, eps: float, steps: int, seed: int, count: int) -> ChainTrace:
+    def chains(
+        self, eps: float, steps: int, seed: int, count: int, record_from: int | None = None
+    ) -> ChainTrace:
+        """``count`` chains of ``steps`` steps from w*; from step ``record_from`` on, every
+        few draws also record the virial terms (:func:`virial_check`)."""
         kernel = self.kernel(eps)
+        virial_steps = None if record_from is None else range(record_from, steps, VIRIAL_EVERY)
         return run_chains(
             kernel,
             self.flat,
@@ -458,6 +472,7 @@ class Problem:
             shared_batch=self.shared_batch,
             divergence_threshold=self.divergence_threshold,
             paired_reference=self.paired and self.batch_size < self.n,
+            virial_steps=virial_steps,
         )
 
     def calibrate(self, *, num_chains: int, num_burnin: int, accuracy: float) -> Calibration:

@@ -22,7 +22,11 @@ class Diagnostics:
     coordinates it could not fully correct (``clamped_coordinates``). ``end_curvature``: the top
     curvature a of the potential at the end of the chain furthest from w*, that chain's
     ``distance`` from w* and the sampler's ``stiffness`` there (ε·a for SGLD, unstable from 4;
-    a warning above 1); empty where not measured (the devinterp backend).
+    a warning above 1); empty where not measured (the devinterp backend). ``virial``: the ratio
+    E[(w − w*)·∇U]/d over the draws (1 at equilibrium for any model; above it the chains run
+    hot, below it they have not spread along the directions held only by γ), per chain, its
+    standard error and the number of records per chain (see
+    :func:`slt_probe.estimators.diagnostics.virial_check`); empty where not measured.
     """
 
     r_hat: float = float("nan")
@@ -34,6 +38,7 @@ class Diagnostics:
     calibration: dict[str, Any] = field(default_factory=dict)
     minibatch_noise: dict[str, Any] = field(default_factory=dict)
     end_curvature: dict[str, Any] = field(default_factory=dict)
+    virial: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:

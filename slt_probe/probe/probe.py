@@ -141,6 +141,7 @@ class LLCProbe:
             "compute_dtype": res.compute_dtype,
             "minibatch_noise_fraction": d.minibatch_noise.get("mean_fraction"),
             "end_stiffness": d.end_curvature.get("stiffness"),
+            "virial_ratio": d.virial.get("ratio"),
             "init_loss": res.init_loss,
             "r_hat": d.r_hat,
             "ess": d.ess,

@@ -156,6 +156,7 @@ def render_run_report(run: dict) -> str:
             "ess": _fmt(r.get("ess"), 3),
             "step_size": _fmt(r.get("step_size"), 3),
             "stiffness": _fmt(r.get("end_stiffness"), 2),
+            "virial": _fmt(r.get("virial_ratio"), 3),
             "diverged": r.get("num_diverged", 0),
             "eff_dim": _fmt(r.get("hessian_eff_dim"), 3),
             "seconds": _fmt(r.get("probe_time_s"), 3),

@@ -104,6 +104,7 @@ def llc_main(args: argparse.Namespace) -> int:
             + (f" (probe {probe:.4g})" if probe is not None else "")
             + f", ε = {row['step_size']:.3g}, R-hat {row['r_hat'] or float('nan'):.3f}"
             + (f", ε·a at end {stiff:.2g}" if stiff is not None else "")
+            + (f", virial {row['virial_ratio']:.3f}" if row.get("virial_ratio") is not None else "")
             + f", {row['wall_time_s']:.1f} s"
             + (f", {len(row['warnings'])} warning(s)" if row["warnings"] else ""),
             flush=True,

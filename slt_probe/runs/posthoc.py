@@ -140,6 +140,7 @@ def estimate_checkpoints(
                 "ess": d.ess,
                 "num_diverged": d.num_diverged,
                 "end_stiffness": d.end_curvature.get("stiffness"),
+                "virial_ratio": d.virial.get("ratio"),
                 "warnings": list(d.warnings),
                 "wall_time_s": res.wall_time_s,
                 "settings": key,

@@ -29,12 +29,15 @@ class ChainTrace:
     same draw devinterp records), NaN after a chain diverged. ``diverged_at``: per chain the
     step at which it diverged, or −1. ``final_position``: ``[C, d]``. ``reference_losses``
     (with ``paired_reference``): ``[C, num_steps]`` loss of w* on the same minibatch, L_m(w*).
+    ``virial_terms`` (with ``virial_steps``): ``[C, K, 2]`` float64, at each of the K recorded
+    steps (w_t − w*)·∇L_m(w_t) and ‖w_t − w*‖², NaN after a chain diverged.
     """
 
     losses: torch.Tensor
     diverged_at: torch.Tensor
     final_position: torch.Tensor
     reference_losses: torch.Tensor | None = None
+    virial_terms: torch.Tensor | None = None
 
 
 class NoiseStream:
@@ -120,6 +123,7 @@ def run_chains(
     init_position: torch.Tensor | None = None,
     divergence_threshold: float = float("inf"),
     paired_reference: bool = False,
+    virial_steps: range | None = None,
 ) -> ChainTrace:
     """Run ``num_steps`` kernel steps on ``num_chains`` chains started at w* (or ``init_position``).
 
@@ -127,6 +131,11 @@ def run_chains(
     pass, no gradient), so that L_m(w_t) − L_m(w*) cancels most of the minibatch noise. When the
     loss is a mean of per-example losses (checked), those are computed once at w* and L_m(w*) is
     their mean over the minibatch: no forward pass per step.
+
+    ``virial_steps`` (a range of step indices, e.g. every 8th draw after burn-in) records the two
+    inner products behind the virial check of :mod:`slt_probe.estimators.diagnostics`, with the
+    gradient the step already computed: three passes over the chains' rows, so they are taken
+    on a subsample of steps.
     """
     n = x.shape[0]
     full_batch = batch_size >= n
@@ -167,6 +176,12 @@ def run_chains(
     )
     losses = torch.full((num_chains, num_steps), float("nan"), dtype=flat.dtype, device=flat.device)
     diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
+    virial_at = {t: k for k, t in enumerate(virial_steps or ())}
+    virial = None
+    if virial_at:
+        virial = torch.full((len(virial_at), 2, num_chains), float("nan"), dtype=start.dtype)
+        virial = virial.to(start.device)
+        delta_buffer = torch.empty_like(start)
     alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
     lock = threading.Lock()
     step = {}  # this step's minibatch, index and per-block state rows, read by every block
@@ -179,6 +194,12 @@ def run_chains(
         part = step["parts"][lo]
         grads, loss = grad_fn(part.position, xb, yb, out=grad_buffer[lo:hi])
         losses[lo:hi, t] = loss.detach()
+        if t in virial_at:
+            record = virial[virial_at[t], :, lo:hi]
+            delta = torch.sub(part.position, flat.w_star, out=delta_buffer[lo:hi])
+            # (a batched [C,1,d] @ [C,d,1] product runs 20× slower than these on CPU)
+            record[0] = torch.linalg.vecdot(delta, grads)
+            record[1] = torch.linalg.vector_norm(delta, dim=1).square_()
         _write_rows(state, kernel.step(part, grads, noise.draw(lo, hi)), lo, hi, lock)
 
     block_start = 0
@@ -220,11 +241,19 @@ def run_chains(
         steps = torch.arange(num_steps, device=losses.device)
         mask = dead[:, None] & (steps[None, :] >= diverged_at.to(losses.device)[:, None])
         losses[mask] = float("nan")
+        if virial is not None:
+            virial = virial.cpu()
+            recorded = torch.tensor(list(virial_at), dtype=torch.long)
+            gone = recorded[:, None] >= torch.where(dead.cpu(), diverged_at, num_steps)[None, :]
+            virial.masked_fill_(gone[:, None, :], float("nan"))
     return ChainTrace(
         losses=losses.cpu(),
         diverged_at=diverged_at,
         final_position=state.position,
         reference_losses=ref.cpu() if ref_fn is not None else None,
+        virial_terms=virial.permute(2, 0, 1).to("cpu", torch.float64)
+        if virial is not None
+        else None,
     )
 
 
