@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from models.mlp import MLP
+from slt_probe.sampling import onednn
 from slt_probe.sampling.functional import FlatModel
-from slt_probe.sampling.stacked import stacked_layers
+from slt_probe.sampling.stacked import make_per_chain_grad_and_loss, stacked_layers, use_onednn
 
 
 def _both(model, loss_fn, shared, x, y, chains=3):
@@ -108,3 +109,80 @@ def test_chain_loss_falls_back_when_the_lean_call_fails(monkeypatch):
     value = chain(out, y)
     assert chain.checked and chain.lean is None
     torch.testing.assert_close(value, torch.stack([nn.MSELoss()(o, y) for o in out]))
+
+
+def _wide_mlp(bias=True):
+    # 160·128 = 20,480 weights: above ONEDNN_MIN_WEIGHTS, so that layer takes oneDNN's products
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(160, 128, bias=bias), nn.ReLU(), nn.Linear(128, 3, bias=bias)
+    )
+
+
+needs_onednn = pytest.mark.skipif(
+    onednn._op() is None or not torch.backends.mkldnn.is_available(),
+    reason="this torch build has no oneDNN linear",
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_onednn_chain_by_chain_gradient_matches_vmap(shared, bias):
+    model = _wide_mlp(bias)
+    lead = (32,) if shared else (3, 32)
+    x, y = torch.randn(*lead, 8, 20), torch.randn(*lead, 3)
+    flat = FlatModel(model, nn.MSELoss())
+    names = [k for k, _ in model.named_parameters()]
+    per_chain = make_per_chain_grad_and_loss(
+        stacked_layers(model, names), flat.numels, flat.shapes, nn.MSELoss(), shared
+    )
+    gen = torch.Generator().manual_seed(0)
+    w = flat.w_star + 0.1 * torch.randn(3, flat.dim, generator=gen)
+    out = torch.full_like(w, float("nan"))
+    g1, l1 = per_chain(w, x, y, out=out)
+    assert g1 is out  # written into the caller's buffer
+    g2, l2 = FlatModel(model, nn.MSELoss(), fast_path=False).batched_grad_and_loss(shared)(w, x, y)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_is_used_only_for_large_float32_layers_on_cpu(monkeypatch):
+    monkeypatch.setattr(onednn, "enabled", lambda: True)
+    wide, small = _wide_mlp(), CASES["mlp_gelu"][0]()
+    for model, expected in ((wide, True), (small, False)):
+        names = [k for k, _ in model.named_parameters()]
+        shapes = [p.shape for p in model.parameters()]
+        w = torch.zeros(2, sum(p.numel() for p in model.parameters()))
+        plan = stacked_layers(model, names)
+        assert use_onednn(plan, shapes, w, None) is expected
+    plan = stacked_layers(wide, [k for k, _ in wide.named_parameters()])
+    shapes = [p.shape for p in wide.parameters()]
+    w = torch.zeros(2, 20_483)
+    assert not use_onednn(plan, shapes, w.double(), None)  # float64: the BLAS
+    assert not use_onednn(plan, shapes, w, torch.bfloat16)  # bf16 bmm's already run on oneDNN
+    monkeypatch.setattr(onednn, "enabled", lambda: False)
+    assert not use_onednn(plan, shapes, w, None)
+
+
+@needs_onednn
+def test_onednn_verdict_follows_the_environment(monkeypatch):
+    try:
+        monkeypatch.setenv("SLT_PROBE_ONEDNN", "0")
+        onednn._verdict.cache_clear()
+        assert not onednn.enabled() and "SLT_PROBE_ONEDNN=0" in onednn.reason()
+        monkeypatch.setenv("SLT_PROBE_ONEDNN", "1")
+        onednn._verdict.cache_clear()
+        assert onednn.enabled() and "forced" in onednn.reason()
+    finally:
+        onednn._verdict.cache_clear()
+
+
+def test_onednn_verdict_without_the_op(monkeypatch):
+    monkeypatch.delenv("SLT_PROBE_ONEDNN", raising=False)
+    monkeypatch.setattr(onednn, "_op", lambda: None)
+    try:
+        onednn._verdict.cache_clear()
+        assert not onednn.enabled() and "no oneDNN linear" in onednn.reason()
+    finally:
+        onednn._verdict.cache_clear()

@@ -41,7 +41,8 @@ def _speed(args) -> int:
     from slt_probe.sampling.stacked import stacked_layers
 
     warnings.filterwarnings("ignore")
-    peak = speed.matmul_peak_flops()
+    peaks = speed.matmul_peaks()
+    peak = peaks["peak"]
     # Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
     # correction); "vmap_corrected" is estimate_llc's default, whose set-up measures the
     # minibatch gradient noise (32 gradients) and whose noise costs one extra pass a step.
@@ -104,6 +105,7 @@ def _speed(args) -> int:
     payload = {
         "benchmark": "speed",
         "matmul_peak_gflops": peak / 1e9,
+        "matmul_gflops": {k: v / 1e9 for k, v in peaks.items() if k != "peak"},
         "time_to_5pct_stderr": precision,
         "probe_share": probe_share,
         **_machine(),

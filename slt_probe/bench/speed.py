@@ -184,16 +184,30 @@ def devinterp_seconds(w: Workload, num_chains: int, steps: int) -> float:
     return res.wall_time_s
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-    """Dense float32 matmul FLOP/s of ``torch.mm`` on size × size matrices (best of repeats)."""
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, product=None) -> float:
+    """Dense float32 matmul FLOP/s on size × size matrices (best of repeats), of ``torch.mm`` or
+    of ``product(a, b)`` (e.g. oneDNN's a @ bᵀ)."""
+    product = product or torch.mm
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+    product(a, b)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        torch.mm(a, b)
+        product(a, b)
         best = min(best, time.perf_counter() - t)
     return 2.0 * size**3 / best
+
+
+def matmul_peaks() -> dict[str, float]:
+    """This machine's float32 matmul FLOP/s: ``torch.mm`` (the BLAS, MKL here) and, where the
+    engine uses it, oneDNN (:mod:`slt_probe.sampling.onednn`); ``peak`` is the larger."""
+    from slt_probe.sampling import onednn
+
+    peaks = {"torch_mm": matmul_peak_flops()}
+    if onednn.enabled():
+        peaks["onednn"] = matmul_peak_flops(product=onednn._product)
+    peaks["peak"] = max(peaks.values())
+    return peaks
 
 
 def compare(
