@@ -56,7 +56,7 @@ def virial_check(
     - R > 1: the chains are hotter than the target: a step too coarse for the curvature or
       minibatch noise not removed (for a quadratic loss nβ·(L − L*) is half the virial, so λ̂
       is inflated by about R − 1). Warned above ``VIRIAL_WARN`` when also 3 standard errors
-      (across chains) above 1.
+      above 1 (:func:`_virial_stderr`).
     - R < 1: the chains have not yet spread over the localised posterior along its flattest
       directions, those held only by γ, which need ~1/(εγ) steps (a regular model reaches R ≈ 1
       in a few hundred). At a singular w* with a weak γ this is the usual state of a finite run:
