@@ -35,6 +35,7 @@ def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
         assert ("vmap_generic" in r) == ("transformer" not in r["workload"])
     peaks = payload["matmul_gflops"]
     assert peaks["torch_mm"] > 0 and payload["matmul_peak_gflops"] == max(peaks.values())
+    assert ("onednn" in peaks) == payload["onednn"]["enabled"] and payload["onednn"]["reason"]
     assert payload["probe_share"]["fraction"] == 0.3
     assert (
         payload["time_to_5pct_stderr"]["llc_stderr"] <= 0.05 * payload["time_to_5pct_stderr"]["llc"]

@@ -41,8 +41,13 @@ def _speed(args) -> int:
     from slt_probe.sampling.stacked import stacked_layers
 
     warnings.filterwarnings("ignore")
+    from slt_probe.sampling import onednn
+
     peaks = speed.matmul_peaks()
     peak = peaks["peak"]
+    print(
+        f"  float32 products through oneDNN: {'yes' if onednn.enabled() else 'no'} ({onednn.reason()})"
+    )
     # Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
     # correction); "vmap_corrected" is estimate_llc's default, whose set-up measures the
     # minibatch gradient noise (32 gradients) and whose noise costs one extra pass a step.
@@ -106,6 +111,7 @@ def _speed(args) -> int:
         "benchmark": "speed",
         "matmul_peak_gflops": peak / 1e9,
         "matmul_gflops": {k: v / 1e9 for k, v in peaks.items() if k != "peak"},
+        "onednn": {"enabled": onednn.enabled(), "reason": onednn.reason()},
         "time_to_5pct_stderr": precision,
         "probe_share": probe_share,
         **_machine(),
