@@ -186,3 +186,20 @@ def test_onednn_verdict_without_the_op(monkeypatch):
         assert not onednn.enabled() and "no oneDNN linear" in onednn.reason()
     finally:
         onednn._verdict.cache_clear()
+
+
+def test_estimates_say_which_gradient_path_ran(monkeypatch):
+    from slt_probe import estimate_llc
+
+    model = _wide_mlp()
+    x, y = torch.randn(64, 8, 20), torch.randn(64, 3)
+    kw = dict(step_size=1e-4, num_chains=2, num_draws=8, num_burnin=0)
+    monkeypatch.setattr(onednn, "enabled", lambda: True)
+    engine = estimate_llc(model, nn.MSELoss(), (x, y), **kw).diagnostics.engine
+    assert engine["gradient"] == "Linear stack, chain by chain, float32 products through oneDNN"
+    assert engine["chain_blocks"] == 1  # 2 chains × 20k parameters: too small to split
+    monkeypatch.setattr(onednn, "enabled", lambda: False)
+    engine = estimate_llc(model, nn.MSELoss(), (x, y), **kw).diagnostics.engine
+    assert engine["gradient"] == "Linear stack, batched over chains (bmm)"
+    engine = estimate_llc(model, nn.MSELoss(), (x, y), fast_path=False, **kw).diagnostics.engine
+    assert engine["gradient"] == "torch.func vmap"

@@ -249,6 +249,7 @@ def estimate_llc(
             "fully corrected there and inflates λ̂: use a larger batch_size or a smaller step size."
         )
     diagnostics.end_curvature = problem.end_curvature(trace, eps_used)
+    diagnostics.engine = dict(trace.engine)
     if diagnostics.end_curvature.get("stiffness", 0.0) > STIFFNESS_WARN:
         diagnostics.warnings.append(stiffness_warning(diagnostics.end_curvature))
     if trace.virial_terms is not None:

@@ -27,6 +27,9 @@ class Diagnostics:
     hot, below it they have not spread along the directions held only by γ), per chain, its
     standard error and the number of records per chain (see
     :func:`slt_probe.estimators.diagnostics.virial_check`); empty where not measured.
+    ``engine``: how the chains were stepped (``gradient``: the gradient's path, e.g. a Linear
+    stack with its float32 products through oneDNN, or ``torch.func`` vmap; ``chain_blocks``:
+    blocks of chains on threads); empty for the devinterp backend.
     """
 
     r_hat: float = float("nan")
@@ -39,6 +42,7 @@ class Diagnostics:
     minibatch_noise: dict[str, Any] = field(default_factory=dict)
     end_curvature: dict[str, Any] = field(default_factory=dict)
     virial: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:

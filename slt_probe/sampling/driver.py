@@ -10,7 +10,7 @@ which it left is reported: a diverging chain never reaches the mean silently.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -33,7 +33,8 @@ class ChainTrace:
     step at which it diverged, or −1. ``final_position``: ``[C, d]``. ``reference_losses``
     (with ``paired_reference``): ``[C, num_steps]`` loss of w* on the same minibatch, L_m(w*).
     ``virial_terms`` (with ``virial_steps``): ``[C, K, 2]`` float64, at each of the K recorded
-    steps (w_t − w*)·∇L_m(w_t) and ‖w_t − w*‖², NaN after a chain diverged.
+    steps (w_t − w*)·∇L_m(w_t) and ‖w_t − w*‖², NaN after a chain diverged. ``engine``: how the
+    steps ran (the gradient's path, the number of chain blocks on threads).
     """
 
     losses: torch.Tensor
@@ -41,6 +42,7 @@ class ChainTrace:
     final_position: torch.Tensor
     reference_losses: torch.Tensor | None = None
     virial_terms: torch.Tensor | None = None
+    engine: dict = field(default_factory=dict)
 
 
 class NoiseStream:
@@ -263,6 +265,7 @@ def run_chains(
         virial_terms=virial.permute(2, 0, 1).to("cpu", torch.float64)
         if virial is not None
         else None,
+        engine={"gradient": getattr(grad_fn, "path", None), "chain_blocks": groups},
     )
 
 

@@ -174,6 +174,7 @@ class FlatModel:
         over chains); otherwise ``x`` is ``[C, B, ...]``. Linear +
         activation stacks take the hand-batched path of :mod:`slt_probe.sampling.stacked`
         (unless ``fast_path=False``); everything else goes through ``vmap(grad_and_value)``.
+        The returned function's ``path`` names the path its calls took (set by the first call).
         """
         in_dims = (0, None, None) if shared_batch else (0, 0, 0)
         per_piece = vmap(grad_and_value(self._loss_of_pieces), in_dims=in_dims)
@@ -186,6 +187,7 @@ class FlatModel:
             flat = torch.cat([g.detach().reshape(w.shape[0], -1) for g in grads], dim=1, out=out)
             return flat, loss
 
+        general.path = "torch.func vmap"
         fast = self._stacked(shared_batch)
         if fast is None:
             return general
@@ -195,11 +197,15 @@ class FlatModel:
             nonlocal use_fast
             if use_fast:
                 try:
-                    return fast(w, x, y, out=out)
+                    result = fast(w, x, y, out=out)
+                    grad_and_loss.path = fast.path
+                    return result
                 except Unsupported:
                     use_fast = False
+                    grad_and_loss.path = "torch.func vmap (the inputs did not fit the Linear stack)"
             return general(w, x, y, out=out)
 
+        grad_and_loss.path = None
         return grad_and_loss
 
     @torch.no_grad()

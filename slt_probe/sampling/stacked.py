@@ -240,9 +240,16 @@ def make_stacked_grad_and_loss(
     def dispatch(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out=None):
         nonlocal chosen
         if chosen is None:  # decided on the first call, when the device and dtype are known
-            chosen = per_chain if use_onednn(plan, shapes, w, compute_dtype) else grad_and_loss
+            onednn_path = use_onednn(plan, shapes, w, compute_dtype)
+            chosen = per_chain if onednn_path else grad_and_loss
+            dispatch.path = (
+                "Linear stack, chain by chain, float32 products through oneDNN"
+                if onednn_path
+                else "Linear stack, batched over chains (bmm)"
+            )
         return chosen(w, x, y, out=out)
 
+    dispatch.path = None
     return dispatch
 
 
