@@ -93,7 +93,8 @@ def test_tiny_run_writes_the_run_directory(tmp_path, fake_probe):
     config = rd.read_config()
     assert config["name"] == "tiny" and config["seed"] == 0
     assert config["train"]["steps"] == 60 and config["model"]["kwargs"]["widths"] == [784, 16, 10]
-    assert set(config["versions"]) == {"python", "torch", "slt_probe"}
+    assert set(config["versions"]) == {"python", "torch", "slt_probe", "float32_matmul"}
+    assert config["versions"]["float32_matmul"] in ("oneDNN", "torch BLAS")
     assert config["spec_path"].endswith("omnigrok_mnist.toml")
 
     rows = rd.metrics_rows()

@@ -39,12 +39,16 @@ EVAL_CHUNK = 8192
 
 
 def versions() -> dict[str, str]:
+    """What the run's numbers depend on beyond its spec: library versions and which kernels
+    multiply the probe's float32 matrices (rounding differs between them)."""
     import slt_probe
+    from slt_probe.sampling import onednn
 
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # TorchVersion is not a plain str (weights_only)
         "slt_probe": getattr(slt_probe, "__version__", "unknown"),
+        "float32_matmul": "oneDNN" if onednn.enabled() else "torch BLAS",
     }
 
 
