@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, fields
+from functools import partial
 
 import torch
 
@@ -233,7 +234,7 @@ def run_chains(
             if ref_fn is not None:
                 with torch.no_grad():
                     for k, idx in enumerate(indices):
-                        ref[:, block_start + k] = ref_fn(*batch(idx, 0, num_chains), idx)
+                        ref[:, block_start + k] = ref_fn(idx, partial(batch, idx, 0, num_chains))
             block = losses[:, block_start:block_end]
             bad_loss = ~torch.isfinite(block) | (block > divergence_threshold)
             bad_pos = ~torch.isfinite(state.position).all(dim=1)
@@ -299,13 +300,15 @@ def _write_rows(state: SamplerState, part: SamplerState, lo: int, hi: int, lock)
 
 
 def _reference_loss(flat: FlatModel, x, y, shared: bool):
-    """``(xb, yb, idx) ↦ L_m(w*)`` on the step's minibatch (``[C]`` or a scalar)."""
+    """``(idx, get_batch) ↦ L_m(w*)`` on the step's minibatch (``[C]`` or a scalar);
+    ``get_batch()`` gathers the minibatch, needed only when the loss is not a mean of
+    per-example losses."""
     per_example = flat.per_example_losses(flat.w_star, x, y)
     if per_example is not None:
         per_example = per_example.to(torch.float64)
-        return lambda xb, yb, idx: per_example[idx].mean(-1)
+        return lambda idx, get_batch: per_example[idx].mean(-1)
     forward = flat.loss if shared else torch.func.vmap(flat.loss, in_dims=(None, 0, 0))
-    return lambda xb, yb, idx: forward(flat.w_star, xb, yb)
+    return lambda idx, get_batch: forward(flat.w_star, *get_batch())
 
 
 def _freeze(state, dead: torch.Tensor, center: torch.Tensor):
