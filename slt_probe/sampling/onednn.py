@@ -8,8 +8,9 @@ products at 160–240 GFLOP/s a core, in the same float32 arithmetic (results ag
 
 Its entry point, ``torch.ops.mkldnn._linear_pointwise``, is private. So it is used only where
 it exists, agrees with ``torch.mm`` on a test product, and is measured once per process to be
-faster than ``torch.mm`` (on Intel CPUs, where MKL has AVX-512, the two are about equal and
-the BLAS stays). ``SLT_PROBE_ONEDNN=0`` switches it off, ``=1`` skips the timing.
+faster than ``torch.mm`` by ``SPEEDUP_REQUIRED``: where the BLAS is as fast (MKL on Intel
+CPUs uses AVX-512; not measured here, no such machine) the BLAS stays. ``SLT_PROBE_ONEDNN=0``
+switches it off, ``=1`` skips the timing.
 """
 
 from __future__ import annotations
