@@ -185,8 +185,8 @@ def run_chains(
     virial_at = {t: k for k, t in enumerate(virial_steps or ())}
     virial = None
     if virial_at:
-        virial = torch.full((len(virial_at), 2, num_chains), float("nan"), dtype=start.dtype)
-        virial = virial.to(start.device)
+        shape = (len(virial_at), 2, num_chains)
+        virial = torch.full(shape, float("nan"), dtype=start.dtype, device=start.device)
         delta_buffer = torch.empty_like(start)
     alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
     lock = threading.Lock()

@@ -18,12 +18,12 @@ Only the loss function is vmapped (over chains), so any ``loss_fn(output, target
 :func:`stacked_layers` decides whether a model qualifies; the result is checked against the
 vmap path in the tests.
 
-Where oneDNN multiplies float32 matrices faster than torch's BLAS (:mod:`slt_probe.sampling.onednn`:
-2× on this AMD machine, whose MKL kernels are AVX2-only) and the layers are large enough for
-the products to dominate, the same plan runs chain by chain instead, every large Linear's
-forward and backward products through oneDNN (the MNIST MLP's 4-chain gradient 1.6× faster
-on one core, measured). Batching over chains would need each layer's weights of all chains side by side,
-a copy of the whole position per step.
+Where oneDNN multiplies float32 matrices faster than torch's BLAS
+(:mod:`slt_probe.sampling.onednn`: 2× on this AMD machine, whose MKL kernels are AVX2-only) and
+the layers are large enough for the products to dominate, the same plan runs chain by chain
+instead, every large Linear's forward and backward products through oneDNN (the MNIST MLP's
+4-chain gradient 1.6× faster on one core, measured). Batching over chains would need each
+layer's weights of all chains side by side, a copy of the whole position per step.
 """
 
 from __future__ import annotations
