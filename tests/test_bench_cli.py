@@ -68,3 +68,13 @@ def test_bench_accuracy_over_seeds_and_in_lau_form(tmp_path, capsys, monkeypatch
     assert lau["estimator"]["sampler_options"] == {"noise": "independent"}
     assert lau["estimator"]["minibatch_correction"] is False
     assert "seeds" not in lau and lau["seed"] == 0
+    argv = ["bench", "accuracy", "--sampler", "rmsprop_sgld", "--num-chains", "2", "--num-burnin"]
+    assert main(argv + ["300", "--num-draws", "200", "--json", str(out)]) == 0
+    rms = json.loads(out.read_text())
+    assert rms["estimator"] == {
+        "sampler": "rmsprop_sgld",
+        "num_chains": 2,
+        "num_burnin": 300,
+        "num_draws": 200,
+    }
+    assert all(abs(r["rel_error"]) < 0.25 for r in rms["rows"])

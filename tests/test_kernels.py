@@ -93,6 +93,34 @@ def test_rmsprop_sgld_samples_the_target_variance():
     assert var == pytest.approx(1.0 / a, rel=0.1)
 
 
+def test_rmsprop_sgld_leimkuhler_matthews_noise_removes_the_discretisation_bias():
+    # at equilibrium V ≈ a (|∇U|² = a²·Var w), so G ≈ 1/(√a + δ) ≈ 0.30 and ε·G·a ≈ 0.9:
+    # Euler–Maruyama's variance is 1/(a(1 − εGa/4)), about +29 %
+    a, eps = 10.0, 0.3
+    euler = _gaussian_chain("rmsprop_sgld", eps, a, steps=8000, delta=0.1, noise="independent")
+    lm = _gaussian_chain("rmsprop_sgld", eps, a, steps=8000, delta=0.1)
+    assert euler * a > 1.15
+    assert lm == pytest.approx(1.0 / a, rel=0.05)
+
+
+def test_rmsprop_sgld_minibatch_noise_correction_restores_the_target_variance():
+    # gradient noise v = 0.5 with nβ = a = 10: V ≈ a + nβ²·v = 60, G ≈ 0.127, and the noise
+    # the gradient brings is (ε/4)·G·nβ²·v ≈ 16 % of the injected ε·G
+    a, eps, v = 10.0, 0.1, 0.5
+    opts = dict(steps=8000, delta=0.1, grad_noise=v)
+    hot = _gaussian_chain("rmsprop_sgld", eps, a, **opts)
+    corrected = _gaussian_chain("rmsprop_sgld", eps, a, tell=True, **opts)
+    assert hot * a > 1.1
+    assert corrected == pytest.approx(1.0 / a, rel=0.05)
+    config = KernelConfig(eps, a, 0.0, torch.zeros(3), gradient_noise_var=torch.tensor([v, v, 0]))
+    kernel = make_kernel("rmsprop_sgld", config, delta=0.1)
+    at_w_star = (eps / 4) * a**2 * v / (a * math.sqrt(v) + 0.1)  # at G = 1/(nβ√v + δ)
+    assert kernel.minibatch_noise_fraction == pytest.approx(2 * at_w_star / 3)
+    assert kernel.clamped_coordinates == 0
+    with pytest.raises(ValueError, match="RMSProp-SGLD noise must be one of"):
+        make_kernel("rmsprop_sgld", config, noise="euler")
+
+
 @pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
 def test_non_positive_step_size_is_refused(bad):
     config = KernelConfig(step_size=bad, nbeta=1.0, localization=0.0, center=torch.zeros(2))

@@ -156,6 +156,22 @@ def test_minibatch_correction_removes_the_minibatch_inflation():
     assert raw.llc_mean - fixed.llc_mean == pytest.approx(predicted, rel=0.3)
 
 
+def test_minibatch_correction_of_rmsprop_sgld_removes_the_minibatch_inflation():
+    # the same case preconditioned: the gradient's noise is (ε/4)·G_j·nβ²·v_j of the injected ε·G
+    model, data, truth = linear_regression(n=4000)
+    kw = dict(step_size=0.01, num_draws=2000, num_burnin=500, seed=1, batch_size=32)
+    kw.update(sampler="rmsprop_sgld")
+    raw = estimate_llc(model, half_sq, data, minibatch_correction=False, **kw)
+    fixed = estimate_llc(model, half_sq, data, **kw)
+    report = fixed.diagnostics.minibatch_noise
+    assert report["corrected"] and report["clamped_coordinates"] == 0
+    assert fixed.sampler_options == {"noise": "leimkuhler-matthews"}
+    assert raw.llc_mean > truth * 1.15
+    assert fixed.llc_mean == pytest.approx(truth, rel=0.06)
+    # at w*'s preconditioner, to first order
+    assert raw.llc_mean - fixed.llc_mean == pytest.approx(truth * report["mean_fraction"], rel=0.3)
+
+
 def test_minibatch_correction_says_when_it_does_not_apply():
     model, data, _ = linear_regression(n=400)
     kw = dict(step_size=1e-3, num_draws=20, num_burnin=5)

@@ -161,6 +161,9 @@ def _accuracy(args) -> int:
     kwargs = {"sampler": args.sampler}
     if args.quick:
         kwargs.update(num_draws=1000, num_burnin=1000)
+    for name in ("num_chains", "num_burnin", "num_draws"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     if args.extrapolate:
         kwargs["extrapolate"] = True
     if args.compute_dtype:
@@ -231,6 +234,12 @@ def register(sub) -> None:
     a.add_argument(
         "--seeds", type=int, nargs="+", help="several seeds (data and chains); overrides --seed"
     )
+    for flag, what in (("chains", "chains"), ("burnin", "burn-in steps"), ("draws", "draws")):
+        a.add_argument(
+            f"--num-{flag}",
+            type=int,
+            help=f"{what} per estimate (default: estimate_llc's)",
+        )
     a.add_argument(
         "--lau-sgld",
         action="store_true",

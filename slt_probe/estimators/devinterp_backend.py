@@ -58,9 +58,9 @@ def estimate_llc_devinterp(
 
     nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
     m = resolve_batch_size(batch_size, n, data, nbeta)
-    # devinterp's SGLD is Euler–Maruyama with the full injected noise: its pilots for
-    # step_size="auto" run that update, and the result says so
-    options = {"noise": "independent"} if sampler == "sgld" else {}
+    # devinterp's SGLD and RMSProp-SGLD are Euler–Maruyama with the full injected noise: the
+    # pilots for step_size="auto" run that update, and the result says so
+    options = {"noise": "independent"}
     problem = Problem.build(
         model,
         loss_fn,

@@ -10,8 +10,8 @@ gradients or draw random numbers themselves: the driver passes ∇L_m at the cur
 one noise tensor per step (N(0, I), or the Leimkuhler–Matthews average of two consecutive N(0, I)
 draws for a kernel whose ``noise`` attribute asks for it), which keeps them tensor arithmetic
 over rows, independent of the model, and lets the driver run blocks of chains on different
-threads. SGLD updates the position in place (the driver owns the state); the others return new
-tensors.
+threads. SGLD and RMSProp-SGLD update the position (and RMSProp's V) in place: the driver owns
+the state; SGNHT returns new tensors.
 """
 
 from __future__ import annotations
@@ -189,7 +189,14 @@ class RMSPropSGLD:
     """RMSProp-preconditioned SGLD (Li et al. 2016, pSGLD without the Γ correction):
 
         V ← α·V + (1 − α)·∇U_m(w)²,   G = 1 / (√V + δ)
-        Δw = −(ε/2)·G ⊙ ∇U_m(w) + N(0, ε·G)
+        Δw = −(ε/2)·G ⊙ ∇U_m(w) + √(ε·G)·σ ⊙ z_t
+
+    with SGLD's two corrections in the preconditioned coordinates: z_t is Leimkuhler–Matthews
+    noise by default (``noise="independent"``: Euler–Maruyama, the update of Li et al. and
+    devinterp), and σ_j = √(1 − (ε/4)·G_j·nβ²·v_j) removes the minibatch gradient's own noise,
+    (ε/2)²·G_j²·nβ²·v_j a step, when ``config.gradient_noise_var`` gives v (σ = 1 without it).
+    G moves with the chain, so σ is recomputed each step; ``minibatch_noise_fraction`` and
+    ``clamped_coordinates`` report it at w*'s preconditioner, G_j = 1/(nβ·√v_j + δ).
 
     δ defaults to √γ: along a flat direction the localisation alone sets |∇U| ≈ √γ, so the
     preconditioner never exceeds what the weakest possible direction calls for (a small δ there
@@ -200,12 +207,34 @@ class RMSPropSGLD:
 
     name = "rmsprop_sgld"
 
-    def __init__(self, config: KernelConfig, alpha: float = 0.999, delta: float | None = None):
+    NOISES = SGLD.NOISES
+
+    def __init__(
+        self,
+        config: KernelConfig,
+        alpha: float = 0.999,
+        delta: float | None = None,
+        noise: str = "leimkuhler-matthews",
+    ):
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"RMSProp-SGLD alpha must be in (0, 1), got {alpha}")
+        if noise not in self.NOISES:
+            raise ValueError(f"RMSProp-SGLD noise must be one of {self.NOISES}, got {noise!r}")
         self.config = config
         self.alpha = alpha
+        self.noise = noise
         self.delta = delta if delta is not None else max(math.sqrt(config.localization), 1e-3)
+        self.minibatch_noise_fraction = 0.0  # at w*'s preconditioner (see the class docstring)
+        self.clamped_coordinates = 0
+        self._minibatch_term = None
+        v = config.gradient_noise_var
+        if v is not None:
+            v = v.to(config.center)
+            self._minibatch_term = (0.25 * config.step_size * config.nbeta**2) * v
+            # at w* the mean gradient vanishes, so V ≈ E[∇U_m²] = nβ²·v there
+            frac = self._minibatch_term / (config.nbeta * v.sqrt() + self.delta)
+            self.clamped_coordinates = int((frac > 1).sum())
+            self.minibatch_noise_fraction = float(frac.mean())
 
     def init(self, position: torch.Tensor) -> SamplerState:
         return SamplerState(position=position, second_moment=None)
@@ -224,18 +253,22 @@ class RMSPropSGLD:
     def step(
         self, state: SamplerState, grad_loss: torch.Tensor, noise: torch.Tensor
     ) -> SamplerState:
+        # In place, as SGLD, but for the three tensors a step needs (drift, G, noise scale).
         eps = self.config.step_size
         w = state.position
         drift = self.config.potential_grad(w, grad_loss)
-        sq = drift * drift
-        v = (
-            sq
-            if state.second_moment is None
-            else state.second_moment * self.alpha + sq * (1 - self.alpha)
-        )
-        g = 1.0 / (v.sqrt() + self.delta)
-        w = w - 0.5 * eps * g * drift + noise * (eps * g).sqrt()
-        return replace(state, position=w, second_moment=v)
+        if state.second_moment is None:
+            v = drift * drift
+        else:
+            v = state.second_moment.mul_(self.alpha).addcmul_(drift, drift, value=1 - self.alpha)
+        g = v.sqrt().add_(self.delta).reciprocal_()
+        if self._minibatch_term is None:
+            scale = g.sqrt()
+        else:  # √(G·(1 − (ε/4)·G·nβ²·v_j))
+            scale = torch.mul(g, self._minibatch_term).neg_().add_(1.0).clamp_(min=0.0)
+            scale = scale.mul_(g).sqrt_()
+        w.addcmul_(g, drift, value=-0.5 * eps).addcmul_(noise, scale, value=math.sqrt(eps))
+        return replace(state, second_moment=v)
 
 
 KERNELS = {k.name: k for k in (SGLD, SGNHT, RMSPropSGLD)}
