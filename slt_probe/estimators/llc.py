@@ -133,12 +133,13 @@ def estimate_llc(
         tensor-core GPUs); positions, noise, gradients and losses stay in the model's dtype.
         λ̂ moves by the rounding of the cast (measured in the README), so keep the default for
         small λ (the loss excess nβ·(E L − L*) is then a tiny fraction of L).
-    minibatch_correction: (SGLD and RMSProp-SGLD with minibatches) measure the minibatch gradient's variance v_j
-        per coordinate at w* (32 minibatch gradients, one batched call) and inject that much
-        less noise, so that gradient noise plus injected noise is the ε the posterior calls for
-        (:mod:`slt_probe.geometry.gradient_noise`). Without it the minibatch noise inflates λ̂ by
-        ≈ (ε/4)·nβ²·v_j per direction (RMSProp-SGLD: (ε/4)·G_j·nβ²·v_j, recomputed as its
-        preconditioner G moves). What it did is in ``diagnostics.minibatch_noise``.
+    minibatch_correction: (SGLD and RMSProp-SGLD with minibatches) measure the minibatch
+        gradient's variance v_j per coordinate at w* (32 minibatch gradients, one batched call)
+        and inject that much less noise, so that gradient noise plus injected noise is the ε
+        the posterior calls for (:mod:`slt_probe.geometry.gradient_noise`). Without it the
+        minibatch noise inflates λ̂ by ≈ (ε/4)·nβ²·v_j per direction (RMSProp-SGLD:
+        (ε/4)·G_j·nβ²·v_j, recomputed as its preconditioner G moves). What it did is in
+        ``diagnostics.minibatch_noise``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
