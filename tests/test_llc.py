@@ -124,6 +124,24 @@ def test_vmap_and_devinterp_backends_agree_within_standard_errors():
     assert a.llc_mean == pytest.approx(truth, rel=0.2)
 
 
+def test_devinterp_rmsprop_sgld_is_given_our_step_in_its_units():
+    """devinterp's RMSprop preconditioner averages ∇L², ours ∇U² ≈ nβ²·∇L²: at the same lr its
+    steps were ~nβ times ours and λ̂ read 3× the truth. Passed lr = ε/nβ and eps = δ/nβ, the
+    two updates match (up to devinterp's V starting at zero)."""
+    model, data, truth = linear_regression(n=2000)
+    kw = dict(sampler="rmsprop_sgld", num_draws=600, num_burnin=400, batch_size=200, seed=4)
+    kw.update(paired=False, shared_batch=False)
+    lau = dict(sampler_options={"noise": "independent"}, minibatch_correction=False)
+    a = estimate_llc(model, half_sq, data, backend="vmap", **kw, **lau)
+    b = estimate_llc(model, half_sq, data, backend="devinterp", **kw)
+    assert b.step_size == a.step_size  # the same calibration, reported in our units
+    passed = b.diagnostics.engine["optimizer_kwargs"]
+    assert passed["lr"] == pytest.approx(b.step_size / b.nbeta)
+    assert passed["eps"] == pytest.approx(1.0 / b.nbeta)  # δ = √γ = 1
+    assert abs(a.llc_mean - b.llc_mean) < 3 * math.hypot(a.llc_stderr, b.llc_stderr)
+    assert b.llc_mean == pytest.approx(truth, rel=0.15)
+
+
 def test_extrapolation_removes_first_order_step_size_bias():
     model, data, truth = linear_regression(n=4000)
     kw = dict(step_size=1.2e-3, num_draws=1000, num_burnin=300, seed=0, batch_size=4000)

@@ -80,8 +80,12 @@ def estimate_llc_devinterp(
     kwargs = {"lr": float(step_size), "localization": float(localization), "nbeta": nbeta}
     if sampler == "rmsprop_sgld":
         method = SGMCMC.rmsprop_sgld
-        # the same δ and α as our RMSPropSGLD
-        kwargs.update(eps=max(math.sqrt(localization), 1e-3), alpha=0.999)
+        # devinterp's V averages the loss gradient's square, ours that of ∇U ≈ nβ·∇L, so its
+        # G = 1/(√V + eps) is nβ times ours when lr = ε/nβ and eps = δ/nβ; then (lr/2)·G and
+        # lr·G, the drift's and the noise's coefficients, are ours. Left as devinterp has them:
+        # its V leaves out the localisation's gradient and starts at zero (larger first steps).
+        delta = max(math.sqrt(localization), 1e-3)  # our RMSPropSGLD's default δ
+        kwargs.update(lr=float(step_size) / nbeta, eps=delta / nbeta, alpha=0.999)
     else:
         method = SGMCMC.sgld
 
@@ -89,6 +93,7 @@ def estimate_llc_devinterp(
         xb, yb = batch
         return loss_fn(net(xb), yb)
 
+    passed = dict(kwargs)  # as given: devinterp adds its own keys to the dict
     gen = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(TensorDataset(x, y), batch_size=m, shuffle=True, generator=gen)
     # devinterp deep-copies the model per chain; copy here too so the caller's module (its
@@ -119,6 +124,7 @@ def estimate_llc_devinterp(
     diagnostics = compute_diagnostics(trace, llc, diverged_at, nbeta=nbeta, num_burnin=num_burnin)
     diagnostics.calibration = calibration
     diagnostics.minibatch_noise = {"corrected": False, "reason": "devinterp's SGLD"}
+    diagnostics.engine = {"optimizer": f"devinterp SGMCMC.{sampler}", "optimizer_kwargs": passed}
     used = llc[np.isfinite(llc)]
     return LLCResult(
         llc_mean=float(used.mean()) if used.size else float("nan"),
