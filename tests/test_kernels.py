@@ -121,6 +121,46 @@ def test_rmsprop_sgld_minibatch_noise_correction_restores_the_target_variance():
         make_kernel("rmsprop_sgld", config, noise="euler")
 
 
+def test_rmsprop_sgld_holds_its_preconditioner_after_the_burnin():
+    config = KernelConfig(0.01, 1.0, 0.0, torch.zeros(3))
+    for adapt_in_draws, held in ((False, True), (True, False)):
+        kernel = make_kernel("rmsprop_sgld", config, adapt_in_draws=adapt_in_draws)
+        state = kernel.init(torch.zeros(2, 3))
+        for g in (1.0, 2.0):
+            state = kernel.step(state, torch.full((2, 3), g), torch.zeros(2, 3))
+        kernel.end_burnin()
+        before = state.second_moment.clone()
+        state = kernel.step(state, torch.full((2, 3), 5.0), torch.zeros(2, 3))
+        assert torch.equal(state.second_moment, before) == held
+        assert not kernel.init(torch.zeros(2, 3)).second_moment and not kernel._frozen
+
+
+def test_driver_ends_the_burnin_at_its_step_between_chunks():
+    from slt_probe.sampling.kernels import SGLD
+
+    class Counting(SGLD):
+        def __init__(self, config):
+            super().__init__(config)
+            self.steps, self.ended_at = 0, []
+
+        def step(self, state, grad_loss, noise):
+            self.steps += 1
+            return super().step(state, grad_loss, noise)
+
+        def end_burnin(self):
+            self.ended_at.append(self.steps)
+
+    flat = FlatModel(nn.Linear(2, 1), lambda out, y: ((out - y) ** 2).mean())
+    x, y = torch.randn(64, 2), torch.randn(64, 1)
+    config = KernelConfig(step_size=1e-3, nbeta=10.0, localization=1.0, center=flat.w_star)
+    for burnin, ended in ((30, [30]), (0, []), (60, [])):
+        kernel = Counting(config)
+        gen = torch.Generator().manual_seed(0)
+        kw = dict(num_chains=2, num_steps=60 if burnin else 40, batch_size=16, generator=gen)
+        run_chains(kernel, flat, x, y, burnin_steps=burnin, **kw)
+        assert kernel.ended_at == ended and kernel.steps == kw["num_steps"]
+
+
 @pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
 def test_non_positive_step_size_is_refused(bad):
     config = KernelConfig(step_size=bad, nbeta=1.0, localization=0.0, center=torch.zeros(2))

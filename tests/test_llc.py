@@ -131,9 +131,12 @@ def test_devinterp_rmsprop_sgld_is_given_our_step_in_its_units():
     model, data, truth = linear_regression(n=2000)
     kw = dict(sampler="rmsprop_sgld", num_draws=600, num_burnin=400, batch_size=200, seed=4)
     kw.update(paired=False, shared_batch=False)
-    lau = dict(sampler_options={"noise": "independent"}, minibatch_correction=False)
-    a = estimate_llc(model, half_sq, data, backend="vmap", **kw, **lau)
+    em = {"noise": "independent", "adapt_in_draws": True}  # devinterp's form
+    a = estimate_llc(
+        model, half_sq, data, backend="vmap", sampler_options=em, minibatch_correction=False, **kw
+    )
     b = estimate_llc(model, half_sq, data, backend="devinterp", **kw)
+    assert b.sampler_options == a.sampler_options == em
     assert b.step_size == a.step_size  # the same calibration, reported in our units
     passed = b.diagnostics.engine["optimizer_kwargs"]
     assert passed["lr"] == pytest.approx(b.step_size / b.nbeta)
@@ -183,7 +186,7 @@ def test_minibatch_correction_of_rmsprop_sgld_removes_the_minibatch_inflation():
     fixed = estimate_llc(model, half_sq, data, **kw)
     report = fixed.diagnostics.minibatch_noise
     assert report["corrected"] and report["clamped_coordinates"] == 0
-    assert fixed.sampler_options == {"noise": "leimkuhler-matthews"}
+    assert fixed.sampler_options == {"noise": "leimkuhler-matthews", "adapt_in_draws": False}
     assert raw.llc_mean > truth * 1.15
     assert fixed.llc_mean == pytest.approx(truth, rel=0.06)
     # at w*'s preconditioner, to first order

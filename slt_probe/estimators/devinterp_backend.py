@@ -58,9 +58,12 @@ def estimate_llc_devinterp(
 
     nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
     m = resolve_batch_size(batch_size, n, data, nbeta)
-    # devinterp's SGLD and RMSProp-SGLD are Euler–Maruyama with the full injected noise: the
-    # pilots for step_size="auto" run that update, and the result says so
+    # devinterp's SGLD and RMSProp-SGLD are Euler–Maruyama with the full injected noise, and its
+    # RMSprop preconditioner adapts in the draws too: the pilots for step_size="auto" run that
+    # update, and the result says so
     options = {"noise": "independent"}
+    if sampler == "rmsprop_sgld":
+        options["adapt_in_draws"] = True
     problem = Problem.build(
         model,
         loss_fn,

@@ -421,6 +421,8 @@ class Problem:
         options = dict(self.sampler_options)
         if self.sampler in MINIBATCH_CORRECTED:  # the kernels with a choice of noise
             options.setdefault("noise", "leimkuhler-matthews")
+        if self.sampler == "rmsprop_sgld":
+            options.setdefault("adapt_in_draws", False)
         return options
 
     def minibatch_noise_report(self, eps: float) -> dict:
@@ -481,6 +483,7 @@ class Problem:
             divergence_threshold=self.divergence_threshold,
             paired_reference=self.paired and self.batch_size < self.n,
             virial_steps=virial_steps,
+            burnin_steps=record_from or 0,
         )
 
     def calibrate(self, *, num_chains: int, num_burnin: int, accuracy: float) -> Calibration:

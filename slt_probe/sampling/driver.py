@@ -130,6 +130,7 @@ def run_chains(
     divergence_threshold: float = float("inf"),
     paired_reference: bool = False,
     virial_steps: range | None = None,
+    burnin_steps: int = 0,
 ) -> ChainTrace:
     """Run ``num_steps`` kernel steps on ``num_chains`` chains started at w* (or ``init_position``).
 
@@ -142,6 +143,9 @@ def run_chains(
     inner products behind the virial check of :mod:`slt_probe.estimators.diagnostics`, with the
     gradient the step already computed: three passes over the chains' rows, so they are taken
     on a subsample of steps.
+
+    ``burnin_steps`` (> 0): after that many steps the driver calls the kernel's ``end_burnin()``,
+    if it has one (RMSProp-SGLD then stops adapting its preconditioner).
     """
     n = x.shape[0]
     full_batch = batch_size >= n
@@ -220,8 +224,12 @@ def run_chains(
     runner = ChainGroups(num_chains, groups)
     try:
         grad_fn = threaded_grad or flat.batched_grad_and_loss(shared_batch=shared)
-        for block_start in range(0, num_steps, _CHECK_EVERY):
-            block_end = min(block_start + _CHECK_EVERY, num_steps)
+        # chunks of _CHECK_EVERY steps, one ending where the burn-in does
+        bounds = {*range(_CHECK_EVERY, num_steps, _CHECK_EVERY), num_steps}
+        bounds = sorted(bounds | ({burnin_steps} if 0 < burnin_steps < num_steps else set()))
+        for block_start, block_end in zip([0, *bounds], bounds):
+            if block_start == burnin_steps > 0 and hasattr(kernel, "end_burnin"):
+                kernel.end_burnin()  # between chunks: no block is stepping
             indices = []
             for _ in range(block_start, block_end):
                 idx = sample_batch_indices(n, batch_size, num_chains, shared, generator)
