@@ -34,7 +34,7 @@ def test_benchmark_criterion_with_default_arguments():
 @pytest.mark.slow
 def test_long_rmsprop_sgld_chains_order_a_seed_where_default_sgld_flips():
     """Seed 5: default SGLD reads RRR 4-3-4 (λ 6) above DLN 5-4-3-4 (λ 6.5); RMSProp-SGLD with
-    10,000 + 10,000 steps orders all eight cases (measured: median 3.1 %, worst 8.3 %)."""
+    10,000 + 10,000 steps orders all eight cases (measured: median 2.3 %, worst 7.8 %)."""
     criterion, _ = benchmark_cases(seed=5)
     kw = dict(sampler="rmsprop_sgld", num_burnin=10_000, num_draws=10_000, seed=5)
     rows, summary = accuracy_table(criterion, **kw)

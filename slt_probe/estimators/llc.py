@@ -105,10 +105,10 @@ def estimate_llc(
         underestimate: on the benchmark's singular cases (seeds 0–2) the default 4,000 + 4,000
         reads 3–20 % low, 12,000 + 4,000 (twice the cost) between −13 % and +3 %, with the
         chains spread wider; at 4,000 the spread understates the error. For a small singular
-        model, ``sampler="rmsprop_sgld"`` with 10,000 + 10,000 steps is the setting to trust:
-        median errors 2.4–4.2 % over 8 seeds, every seed ordered as the truths (20,000 + 20,000:
-        1.7–4.3 %, within a few per cent of NUTS; README, Benchmarks); SGLD chains that long
-        drift into regions too stiff for their fixed ε.
+        model, ``sampler="rmsprop_sgld"`` with 20,000 + 20,000 steps is the setting to trust:
+        median errors 2.1–3.0 % over 8 seeds, every seed ordered as the truths, within a few
+        per cent of NUTS (10,000 + 10,000: 2.1–3.8 %, 7 of 8; README, Benchmarks); SGLD chains
+        that long drift into regions too stiff for their fixed ε.
     batch_size: minibatch size m (default: the DataLoader's, else max(256, ⌈nβ⌉) capped at n).
     seed: seeds the noise and the minibatches (reproducible).
     backend: ``"vmap"`` (all chains in one batched computation) or ``"devinterp"`` (devinterp
