@@ -132,7 +132,7 @@ def test_rmsprop_sgld_holds_its_preconditioner_after_the_burnin():
         before = state.second_moment.clone()
         state = kernel.step(state, torch.full((2, 3), 5.0), torch.zeros(2, 3))
         assert torch.equal(state.second_moment, before) == held
-        assert not kernel.init(torch.zeros(2, 3)).second_moment and not kernel._frozen
+        assert kernel.init(torch.zeros(2, 3)).second_moment is None and not kernel._frozen
 
 
 def test_driver_ends_the_burnin_at_its_step_between_chunks():
