@@ -187,15 +187,11 @@ def devinterp_seconds(w: Workload, num_chains: int, steps: int) -> float:
 def matmul_peak_flops(size: int = 2048, repeats: int = 5, product=None) -> float:
     """Dense float32 matmul FLOP/s on size × size matrices (best of repeats), of ``torch.mm`` or
     of ``product(a, b)`` (e.g. oneDNN's a @ bᵀ)."""
+    from slt_probe.sampling.onednn import best_of
+
     product = product or torch.mm
     a, b = torch.randn(size, size), torch.randn(size, size)
-    product(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        product(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * size**3 / best
+    return 2.0 * size**3 / best_of(lambda: product(a, b), repeats)
 
 
 def matmul_peaks() -> dict[str, float]:
@@ -205,7 +201,7 @@ def matmul_peaks() -> dict[str, float]:
 
     peaks = {"torch_mm": matmul_peak_flops()}
     if onednn.enabled():
-        peaks["onednn"] = matmul_peak_flops(product=onednn._product)
+        peaks["onednn"] = matmul_peak_flops(product=onednn.product)
     peaks["peak"] = max(peaks.values())
     return peaks
 

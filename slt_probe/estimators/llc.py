@@ -419,7 +419,7 @@ class Problem:
     def kernel_options(self) -> dict:
         """The sampler options in effect, defaults included."""
         options = dict(self.sampler_options)
-        if self.sampler in MINIBATCH_CORRECTED:  # the kernels with a choice of noise
+        if hasattr(KERNELS[self.sampler], "NOISES"):  # the kernels with a choice of noise
             options.setdefault("noise", "leimkuhler-matthews")
         if self.sampler == "rmsprop_sgld":
             options.setdefault("adapt_in_draws", False)
@@ -464,12 +464,13 @@ class Problem:
         }
 
     def chains(
-        self, eps: float, steps: int, seed: int, count: int, record_from: int | None = None
+        self, eps: float, steps: int, seed: int, count: int, burnin: int | None = None
     ) -> ChainTrace:
-        """``count`` chains of ``steps`` steps from w*; from step ``record_from`` on, every
-        few draws also record the virial terms (:func:`virial_check`)."""
+        """``count`` chains of ``steps`` steps from w*. With ``burnin`` (the main run) the
+        kernel is told where the burn-in ends, and every few draws after it record the virial
+        terms (:func:`virial_check`); pilots pass none."""
         kernel = self.kernel(eps)
-        virial_steps = None if record_from is None else range(record_from, steps, VIRIAL_EVERY)
+        virial_steps = None if burnin is None else range(burnin, steps, VIRIAL_EVERY)
         return run_chains(
             kernel,
             self.flat,
@@ -483,7 +484,7 @@ class Problem:
             divergence_threshold=self.divergence_threshold,
             paired_reference=self.paired and self.batch_size < self.n,
             virial_steps=virial_steps,
-            burnin_steps=record_from or 0,
+            burnin_steps=burnin or 0,
         )
 
     def calibrate(self, *, num_chains: int, num_burnin: int, accuracy: float) -> Calibration:

@@ -29,7 +29,8 @@ class Diagnostics:
     :func:`slt_probe.estimators.diagnostics.virial_check`); empty where not measured.
     ``engine``: how the chains were stepped (``gradient``: the gradient's path, e.g. a Linear
     stack with its float32 products through oneDNN, or ``torch.func`` vmap; ``chain_blocks``:
-    blocks of chains on threads); empty for the devinterp backend.
+    blocks of chains on threads); for the devinterp backend, its optimizer and the arguments
+    it was given.
     """
 
     r_hat: float = float("nan")

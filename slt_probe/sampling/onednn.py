@@ -33,12 +33,13 @@ def _op():
         return None
 
 
-def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ bᵀ (+ bias) by oneDNN: a ``[M, K]``, b ``[N, K]``, any strides."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
-def _best_of(fn, repeats: int = 5) -> float:
+def best_of(fn, repeats: int = 5) -> float:
+    """Seconds of ``fn()``: the best of ``repeats`` timed calls after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -61,7 +62,7 @@ def _verdict() -> tuple[bool, str]:
     p, q = torch.randn(64, 256, generator=gen), torch.randn(64, 384, generator=gen)
     try:
         # plain operands as in the forward pass, transposed views as in the backward pass
-        checks = [(_product(a, b, bias), torch.addmm(bias, a, b.T)), (_product(p.T, q.T), p.T @ q)]
+        checks = [(product(a, b, bias), torch.addmm(bias, a, b.T)), (product(p.T, q.T), p.T @ q)]
     except RuntimeError as err:
         return False, f"oneDNN linear failed: {err}"
     for got, want in checks:
@@ -69,8 +70,8 @@ def _verdict() -> tuple[bool, str]:
             return False, "oneDNN linear disagreed with torch.mm"
     if setting == "1":
         return True, "forced (SLT_PROBE_ONEDNN=1)"
-    onednn = _best_of(lambda: _product(a, b))
-    blas = _best_of(lambda: torch.mm(a, b.T))
+    onednn = best_of(lambda: product(a, b))
+    blas = best_of(lambda: torch.mm(a, b.T))
     speedup = blas / onednn
     if speedup < SPEEDUP_REQUIRED:
         return False, f"not faster than the BLAS here ({speedup:.2f}×)"
@@ -95,13 +96,13 @@ class Linear(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
         ctx.save_for_backward(h, w)
         ctx.has_bias = b is not None
-        return _product(h, w, b)
+        return product(h, w, b)
 
     @staticmethod
     def backward(ctx, dz: torch.Tensor):
         h, w = ctx.saved_tensors
-        dh = _product(dz, w.T) if ctx.needs_input_grad[0] else None
-        dw = _product(dz.T, h.T)
+        dh = product(dz, w.T) if ctx.needs_input_grad[0] else None
+        dw = product(dz.T, h.T)
         db = dz.sum(0) if ctx.has_bias else None
         return dh, dw, db
 
