@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from slt_probe import LLCProbe
+from slt_probe.files import append_jsonl, read_jsonl, truncate_jsonl
 from slt_probe.probe.schedules import make_schedule
-from slt_probe.probe.store import append_jsonl, read_jsonl, truncate_jsonl
 
 
 def test_log_schedule_is_dense_early_and_complete():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slt_probe.probe.store import append_jsonl
+from slt_probe.files import append_jsonl
 from slt_probe.reports import write_run_report, write_study_report
 
 EVIL = "<script>alert(1)</script>"
@@ -95,7 +95,7 @@ def make_run(path: Path, *, name: str = "demo", complete: bool = True, steps: in
             },
         )
     if complete:
-        from slt_probe.probe.store import read_jsonl
+        from slt_probe.files import read_jsonl
         from slt_probe.probe.transitions import summarise_transitions
 
         tr = summarise_transitions(

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from slt_probe.cli import main as cli_main
+from slt_probe.files import append_jsonl
 from slt_probe.runs import run_spec
-from slt_probe.runs.rundir import RunDir, append_jsonl
+from slt_probe.runs.rundir import RunDir
 from slt_probe.runs.spec import SpecError
 from slt_probe.runs.train import Batches, Trainer
 

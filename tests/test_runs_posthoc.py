@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from slt_probe.cli import main as cli_main
+from slt_probe.files import read_jsonl
 from slt_probe.runs import run_spec
 from slt_probe.runs.posthoc import estimate_checkpoints
-from slt_probe.runs.rundir import RunDir, read_jsonl
+from slt_probe.runs.rundir import RunDir
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

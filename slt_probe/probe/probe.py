@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from slt_probe.estimators.llc import estimate_llc
+from slt_probe.files import append_jsonl, read_jsonl
 from slt_probe.probe.schedules import make_schedule
-from slt_probe.probe.store import append_jsonl, read_jsonl
 
 # Lighter than estimate_llc's defaults: a probe runs dozens of estimates per training run and
 # cares about λ̂ across training more than about each absolute value.

@@ -15,7 +15,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from slt_probe.probe.store import read_jsonl
+from slt_probe.files import atomic_write_text, read_jsonl
 from slt_probe.probe.transitions import summarise_transitions
 from slt_probe.reports import figures
 
@@ -208,7 +208,5 @@ def write_run_report(
     )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_run_report(run), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, render_run_report(run))
     return path

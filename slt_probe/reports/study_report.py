@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from markupsafe import Markup
 
+from slt_probe.files import atomic_write_text
 from slt_probe.reports import figures
 from slt_probe.reports.run_report import _fmt, environment, load_run, write_run_report
 
@@ -163,9 +164,7 @@ def write_study_report(storage, study_name: str, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
     html = render_study_report(study, out)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, html)
     return path
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from slt_probe.files import append_jsonl, json_clean, read_jsonl
 from slt_probe.runs.data import load_data
 from slt_probe.runs.losses import get_loss
-from slt_probe.runs.rundir import RunDir, append_jsonl, json_clean, read_jsonl
+from slt_probe.runs.rundir import RunDir
 from slt_probe.runs.spec import build_model
 
 #: Keys of a spec's [probe] section that configure the probe rather than ``estimate_llc``.

@@ -15,74 +15,21 @@ by ``read_jsonl``).
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from slt_probe.probe.store import append_jsonl, read_jsonl, truncate_jsonl
+from slt_probe.files import (
+    append_jsonl,
+    atomic_write_bytes,
+    json_clean,
+    read_jsonl,
+    truncate_jsonl,
+    write_json,
+)
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8,})\.pt$")
-
-
-def _json_default(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def json_clean(obj):
-    """NaN/inf → None (JSON has no NaN), numpy/torch scalars → Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return json_clean(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, writer) -> None:
-    """``writer(fileobj)`` into a temporary file next to ``path``, then rename over it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(json_clean(obj), indent=2, default=_json_default) + "\n")
 
 
 class RunDir:

@@ -28,10 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from slt_probe.files import TOMLDecodeError, load_toml, parse_toml_value
 
 
 class SpecError(ValueError):
@@ -257,9 +254,8 @@ def read_toml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"run spec {str(path)!r} not found")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+        return load_toml(path)
+    except TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from exc
 
 
@@ -267,8 +263,8 @@ def parse_value(text: str) -> Any:
     """A ``--set`` value as a TOML literal (``1e-3``, ``true``, ``[1, 2]``, ``"x"``); anything
     that is not a TOML literal (``mnist``) is taken as a bare string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return parse_toml_value(text)
+    except TOMLDecodeError:
         return text
 
 

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from slt_probe.files import json_clean
 from slt_probe.runs.data import RunData, load_data
 from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
 from slt_probe.runs.posthoc import probe_estimator_kwargs
-from slt_probe.runs.rundir import RunDir, json_clean
+from slt_probe.runs.rundir import RunDir
 from slt_probe.runs.spec import SpecError, build_model, known_llc, load_spec
 
 #: Keys of the resolved spec that must match when resuming (the rest is bookkeeping).

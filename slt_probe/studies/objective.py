@@ -74,7 +74,7 @@ def suggest_overrides(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     try:
-        from slt_probe.probe.store import read_jsonl
+        from slt_probe.files import read_jsonl
     except ImportError:  # the probe package is not there yet: same format, read it here
         read_jsonl = None
     if read_jsonl is not None:

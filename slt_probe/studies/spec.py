@@ -51,10 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+from slt_probe.files import TOMLDecodeError, load_toml
 
 #: Objective metrics a trial can be scored on, with their natural direction.
 #:
@@ -446,8 +443,8 @@ def load_study_spec(path: str | Path) -> StudySpec:
     if not path.is_file():
         raise FileNotFoundError(f"study spec {str(path)!r} does not exist")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = load_toml(path)
+    except TOMLDecodeError as exc:
         raise StudySpecError(f"{path}: not valid TOML: {exc}") from exc
     return parse_study_spec(raw, name=path.stem, source=str(path.resolve()))
 

@@ -39,6 +39,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from slt_probe.files import atomic_write_text
 from slt_probe.studies.objective import make_objective
 from slt_probe.studies.spec import StudySpec, load_study_spec
 from slt_probe.studies.storage import default_storage_url, open_storage
@@ -440,5 +441,5 @@ def write_study_summary(study: optuna.Study, path: Path, **extra) -> dict:
         "param_effects": param_effects(study),
         "trials": trial_table(study),
     }
-    path.write_text(json.dumps(obj, indent=1, default=str))
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
     return obj

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slt_probe.files import atomic_write_text
+
 
 def generalisation_midpoint(alpha: float, weight_decay: float) -> float:
     """t_g = 100·α·sqrt(0.01/wd), in steps."""
@@ -59,9 +61,7 @@ def _read(path: Path) -> list[dict]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def synthetic_run(

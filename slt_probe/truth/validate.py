@@ -19,6 +19,7 @@ import math
 import time
 from pathlib import Path
 
+from slt_probe.files import atomic_write_text
 from slt_probe.truth.cases import TruthCase, rrr_case, standard_cases
 
 METHODS = ("sgld", "devinterp", "nuts")
@@ -214,7 +215,7 @@ def write_outputs(rows: list[dict], out_dir: str | Path, methods=METHODS) -> dic
         "html": out / "validate.html",
         "json": out / "validate.json",
     }
-    paths["md"].write_text(to_markdown(rows, methods), encoding="utf-8")
-    paths["html"].write_text(to_html(rows, methods), encoding="utf-8")
-    paths["json"].write_text(json.dumps(rows, indent=2, default=float), encoding="utf-8")
+    atomic_write_text(paths["md"], to_markdown(rows, methods))
+    atomic_write_text(paths["html"], to_html(rows, methods))
+    atomic_write_text(paths["json"], json.dumps(rows, indent=2, default=float))
     return paths

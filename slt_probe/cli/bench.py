@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from slt_probe.files import atomic_write_text
+
 
 def _machine() -> dict:
     import os
@@ -30,7 +32,7 @@ def _emit(payload: dict, table, json_path: str | None) -> None:
     print(json.dumps(summary, indent=2, default=float))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(payload, indent=2, default=float))
+        atomic_write_text(json_path, json.dumps(payload, indent=2, default=float))
         print(f"wrote {json_path}")
 
 

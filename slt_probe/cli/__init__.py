@@ -1,6 +1,6 @@
 """The ``slt-probe`` command line.
 
-Each subsystem owns its subcommands: a module listed in ``COMMAND_MODULES`` exposes
+The top layer: one module per subsystem's subcommands. A module listed in ``COMMAND_MODULES`` exposes
 ``register(subparsers)``, which adds its parsers and sets ``func`` (called with the parsed
 namespace; its return value is the exit status).
 """
@@ -12,11 +12,11 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "slt_probe.bench.cli",
-    "slt_probe.studies.cli",
-    "slt_probe.runs.cli",
-    "slt_probe.reports.cli",
-    "slt_probe.truth.cli",
+    "slt_probe.cli.bench",
+    "slt_probe.cli.study",
+    "slt_probe.cli.run",
+    "slt_probe.cli.report",
+    "slt_probe.cli.truth",
 )
 
 
