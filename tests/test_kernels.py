@@ -3,6 +3,7 @@ reports divergence per chain instead of averaging it away."""
 
 import math
 from dataclasses import replace
+from threading import Lock
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from torch import nn
 
 from slt_probe.sampling.driver import NoiseStream, run_chains
 from slt_probe.sampling.functional import FlatModel
-from slt_probe.sampling.kernels import KernelConfig, make_kernel, standard_normal
+from slt_probe.sampling.kernel import Kernel, Potential, standard_normal
+from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
+from slt_probe.sampling.sgld import SGLD
 
 
 def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, grad_noise=0.0, tell=False, **opts):
@@ -21,14 +24,12 @@ def _gaussian_chain(sampler, eps, a, steps=6000, chains=64, grad_noise=0.0, tell
     told to the kernel as ``gradient_noise_var`` when ``tell``."""
     d = 4
     var = torch.full((d,), grad_noise) if tell else None
-    config = KernelConfig(
-        step_size=eps, nbeta=a, localization=0.0, center=torch.zeros(d), gradient_noise_var=var
-    )
-    kernel = make_kernel(sampler, config, **opts)
+    potential = Potential(nbeta=a, localization=0.0, center=torch.zeros(d), gradient_noise_var=var)
+    kernel = make_kernel(sampler, **opts)
     gen = torch.Generator().manual_seed(0)
-    lm = getattr(kernel, "noise", None) == "leimkuhler-matthews"
+    lm = kernel.leimkuhler_matthews
     stream = NoiseStream((chains, d), 1, device="cpu", dtype=torch.float32, leimkuhler_matthews=lm)
-    state = kernel.init(torch.zeros(chains, d))
+    state = kernel.init(torch.zeros(chains, d), potential, eps)
     draws = []
     for t in range(steps):
         g = state.position.clone()  # ∇L = w
@@ -67,12 +68,15 @@ def test_minibatch_noise_correction_restores_the_target_variance():
     assert euler == pytest.approx(1 / (a * q), rel=0.05)
     lm = _gaussian_chain("sgld", eps, a, grad_noise=v, tell=True)
     assert lm == pytest.approx((1 - f + f / q) / a, rel=0.05)
-    config = KernelConfig(eps, a, 0.0, torch.zeros(4), gradient_noise_var=torch.full((4,), v))
-    assert make_kernel("sgld", config).minibatch_noise_fraction == pytest.approx(f)
-    too_noisy = replace(config, gradient_noise_var=torch.tensor([v, 3 * v, 0.0, 0.0]))
-    kernel = make_kernel("sgld", too_noisy)  # f = 1.5 > 1 in one coordinate: noise there is 0
-    assert kernel.clamped_coordinates == 1
-    assert kernel.noise_scale.tolist() == pytest.approx([math.sqrt(0.5), 0.0, 1.0, 1.0])
+    potential = Potential(a, 0.0, torch.zeros(4), gradient_noise_var=torch.full((4,), v))
+    assert make_kernel("sgld").minibatch_noise(potential, eps)["mean_fraction"] == pytest.approx(f)
+    too_noisy = replace(potential, gradient_noise_var=torch.tensor([v, 3 * v, 0.0, 0.0]))
+    kernel = make_kernel("sgld")  # f = 1.5 > 1 in one coordinate: noise there is 0
+    assert kernel.minibatch_noise(too_noisy, eps)["clamped_coordinates"] == 1
+    state = kernel.init(torch.zeros(2, 4), too_noisy, eps)
+    assert state.noise_scale.tolist() == pytest.approx([math.sqrt(0.5), 0.0, 1.0, 1.0])
+    off = make_kernel("sgld", minibatch_correction=False)
+    assert off.init(torch.zeros(2, 4), too_noisy, eps).noise_scale is None
 
 
 def test_euler_maruyama_sgld_small_step_reaches_exact_variance():
@@ -112,66 +116,83 @@ def test_rmsprop_sgld_minibatch_noise_correction_restores_the_target_variance():
     corrected = _gaussian_chain("rmsprop_sgld", eps, a, tell=True, **opts)
     assert hot * a > 1.1
     assert corrected == pytest.approx(1.0 / a, rel=0.05)
-    config = KernelConfig(eps, a, 0.0, torch.zeros(3), gradient_noise_var=torch.tensor([v, v, 0]))
-    kernel = make_kernel("rmsprop_sgld", config, delta=0.1)
+    potential = Potential(a, 0.0, torch.zeros(3), gradient_noise_var=torch.tensor([v, v, 0]))
+    report = make_kernel("rmsprop_sgld", delta=0.1).minibatch_noise(potential, eps)
     at_w_star = (eps / 4) * a**2 * v / (a * math.sqrt(v) + 0.1)  # at G = 1/(nβ√v + δ)
-    assert kernel.minibatch_noise_fraction == pytest.approx(2 * at_w_star / 3)
-    assert kernel.clamped_coordinates == 0
+    assert report["mean_fraction"] == pytest.approx(2 * at_w_star / 3)
+    assert report["clamped_coordinates"] == 0
     with pytest.raises(ValueError, match="RMSProp-SGLD noise must be one of"):
-        make_kernel("rmsprop_sgld", config, noise="euler")
+        make_kernel("rmsprop_sgld", noise="euler")
 
 
 def test_rmsprop_sgld_holds_its_preconditioner_after_the_burnin():
-    config = KernelConfig(0.01, 1.0, 0.0, torch.zeros(3))
+    potential = Potential(1.0, 0.0, torch.zeros(3))
     for adapt_in_draws, held in ((False, True), (True, False)):
-        kernel = make_kernel("rmsprop_sgld", config, adapt_in_draws=adapt_in_draws)
-        state = kernel.init(torch.zeros(2, 3))
+        kernel = make_kernel("rmsprop_sgld", adapt_in_draws=adapt_in_draws)
+        state = kernel.init(torch.zeros(2, 3), potential, 0.01)
         for g in (1.0, 2.0):
             state = kernel.step(state, torch.full((2, 3), g), torch.zeros(2, 3))
-        kernel.end_burnin()
+        state = kernel.end_burnin(state)  # the burn-in's end lives in the state
+        assert state.adapting == adapt_in_draws
         before = state.second_moment.clone()
         state = kernel.step(state, torch.full((2, 3), 5.0), torch.zeros(2, 3))
         assert torch.equal(state.second_moment, before) == held
-        assert kernel.init(torch.zeros(2, 3)).second_moment is None and not kernel._frozen
+        fresh = kernel.init(torch.zeros(2, 3), potential, 0.01)
+        assert fresh.second_moment is None and fresh.adapting
 
 
 def test_driver_ends_the_burnin_at_its_step_between_chunks():
-    from slt_probe.sampling.kernels import SGLD
-
     class Counting(SGLD):
-        def __init__(self, config):
-            super().__init__(config)
+        def __init__(self):
+            super().__init__()
             self.steps, self.ended_at = 0, []
 
         def step(self, state, grad_loss, noise):
             self.steps += 1
             return super().step(state, grad_loss, noise)
 
-        def end_burnin(self):
+        def end_burnin(self, state):
             self.ended_at.append(self.steps)
+            return state
 
     flat = FlatModel(nn.Linear(2, 1), lambda out, y: ((out - y) ** 2).mean())
     x, y = torch.randn(64, 2), torch.randn(64, 1)
-    config = KernelConfig(step_size=1e-3, nbeta=10.0, localization=1.0, center=flat.w_star)
+    potential = Potential(nbeta=10.0, localization=1.0, center=flat.w_star)
     for burnin, ended in ((30, [30]), (0, []), (60, [])):
-        kernel = Counting(config)
+        kernel = Counting()
         gen = torch.Generator().manual_seed(0)
         kw = dict(num_chains=2, num_steps=60 if burnin else 40, batch_size=16, generator=gen)
-        run_chains(kernel, flat, x, y, burnin_steps=burnin, **kw)
+        run_chains(kernel, potential, 1e-3, flat, x, y, burnin_steps=burnin, **kw)
         assert kernel.ended_at == ended and kernel.steps == kw["num_steps"]
 
 
-@pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf"), True])
 def test_non_positive_step_size_is_refused(bad):
-    config = KernelConfig(step_size=bad, nbeta=1.0, localization=0.0, center=torch.zeros(2))
+    flat = FlatModel(nn.Linear(2, 1), lambda out, y: ((out - y) ** 2).mean())
+    potential = Potential(nbeta=1.0, localization=0.0, center=flat.w_star)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):
-        make_kernel("sgld", config)
+        run_chains(
+            make_kernel("sgld"),
+            potential,
+            bad,
+            flat,
+            x,
+            y,
+            num_chains=1,
+            num_steps=2,
+            batch_size=8,
+            generator=gen,
+        )
 
 
-def test_unknown_sampler_named():
-    config = KernelConfig(step_size=1e-3, nbeta=1.0, localization=0.0, center=torch.zeros(2))
+def test_unknown_sampler_and_options_are_named():
     with pytest.raises(ValueError, match="sampler must be one of"):
-        make_kernel("hmc", config)
+        make_kernel("hmc")
+    with pytest.raises(ValueError, match=r"\['alfa'\] are not options of 'rmsprop_sgld'"):
+        make_kernel("rmsprop_sgld", alfa=0.9)
+    assert set(kernel_options("sgld")) == {"noise", "minibatch_correction"}
 
 
 class Quartic(nn.Module):
@@ -187,11 +208,11 @@ class Quartic(nn.Module):
 
 def _sample(flat, x, y, sampler="sgld", *, step_size, nbeta, localization, seed=0, **kwargs):
     """``run_chains`` of ``sampler`` around the model's own w*, minibatches seeded by ``seed``."""
-    config = KernelConfig(
-        step_size=step_size, nbeta=nbeta, localization=localization, center=flat.w_star
-    )
+    potential = Potential(nbeta=nbeta, localization=localization, center=flat.w_star)
     return run_chains(
-        make_kernel(sampler, config),
+        make_kernel(sampler),
+        potential,
+        step_size,
         flat,
         x,
         y,
@@ -418,11 +439,44 @@ def test_chain_blocks_share_the_threads_out_and_give_them_back():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", ["sgld", "sgnht", "rmsprop_sgld"])
-def test_stiffness_is_the_inverse_of_the_auto_step_rule(name):
-    from slt_probe.sampling.kernels import KERNELS
-
-    kernel = KERNELS[name]
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_every_kernel_keeps_the_contract(name):
+    """One behavioural contract, every registered kernel: options round-trip through the
+    registry; init/step keep shapes and step only the rows given; every hook answers; a reset
+    puts dead chains back at w* with a finite state; the stiffness inverts the auto step rule;
+    one step from w* with zero noise moves against the gradient."""
+    kernel = make_kernel(name)
+    assert isinstance(kernel, Kernel) and kernel.name == name
+    assert set(kernel.options()) == set(kernel_options(name))
+    assert make_kernel(name, **kernel.options()).options() == kernel.options()
+    d, center = 5, torch.linspace(-1, 1, 5)
+    potential = Potential(nbeta=10.0, localization=1.0, center=center)
+    state = kernel.init(center.expand(4, d).clone(), potential, 1e-3)
+    grad = torch.ones(4, d)
+    # blocks of rows step on their own, as the driver's threads do, each writing its rows only
+    for lo, hi in ((1, 3), (0, 1), (3, 4)):
+        untouched = state.position[hi:].clone()
+        part = kernel.step(state.rows(lo, hi), grad[lo:hi], torch.zeros(hi - lo, d))
+        state.write_rows(part, lo, hi, Lock())
+        assert state.position.shape == (4, d)
+        assert torch.equal(state.position[hi:], untouched)
+    assert (state.position < center).all()  # downhill along ∇L = 1
+    state = kernel.end_burnin(state)
+    state.position[2] = float("nan")
+    state = kernel.reset(state, torch.tensor([False, False, True, False]), center)
+    assert torch.equal(state.position[2], center)
+    state = kernel.step(state, grad, torch.randn(4, d))
+    assert torch.isfinite(state.position).all()
+    assert isinstance(kernel.leimkuhler_matthews, bool)
+    assert set(kernel.minibatch_noise(potential, 1e-3)) >= {"mean_fraction", "clamped_coordinates"}
     for a, accuracy in ((1e4, 0.1), (3.0, 0.5)):
         assert kernel.stiffness(kernel.auto_step_size(a, accuracy), a) == pytest.approx(accuracy)
     assert kernel.stiffness(1e-3, 4e3) > kernel.stiffness(1e-3, 1e3)  # stiffer where a is larger
+
+
+def test_the_kernel_protocol_doctest_runs():
+    import doctest
+
+    from slt_probe.sampling import kernel as kernel_module
+
+    assert doctest.testmod(kernel_module).failed == 0

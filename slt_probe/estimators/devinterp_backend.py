@@ -21,65 +21,54 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from slt_probe.estimators.diagnostics import compute_diagnostics
-from slt_probe.estimators.inputs import as_tensors, resolve_batch_size
-from slt_probe.estimators.result import LLCResult
+from slt_probe.estimators.posterior import Budget, LocalPosterior
+from slt_probe.estimators.recipes import calibrate
+from slt_probe.estimators.result import LLCResult, chain_summary
+from slt_probe.sampling.kernels import make_kernel
 
 
-def estimate_llc_devinterp(
-    model,
-    loss_fn,
-    data,
-    *,
-    sampler,
-    step_size,
-    localization,
-    nbeta,
-    num_chains,
-    num_draws,
-    num_burnin,
-    batch_size,
-    seed,
-    device,
-    accuracy,
-) -> LLCResult:
-    from devinterp.optim.sgmcmc import SGMCMC
-    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-
+def reference_kernel_options(sampler: str) -> dict:
+    """The options of our kernel that match devinterp's update: Euler–Maruyama with the full
+    injected noise, and an RMSprop preconditioner that adapts in the draws too. The pilots of
+    ``step_size="auto"`` run that update."""
     if sampler == "sgnht":
         raise ValueError(
             "backend='devinterp' has no faithful SGNHT with localisation (devinterp 1.3.2's "
             "SGMCMC.sgnht is SGLD with rescaled noise; its SGNHT class ignores γ); use "
             "backend='vmap' for sampler='sgnht'."
         )
-    start = time.perf_counter()
-    x, y = as_tensors(data)
-    n = x.shape[0]
-    from slt_probe.estimators.llc import Problem, default_nbeta
-
-    nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
-    m = resolve_batch_size(batch_size, n, data, nbeta)
-    # devinterp's SGLD and RMSProp-SGLD are Euler–Maruyama with the full injected noise, and its
-    # RMSprop preconditioner adapts in the draws too: the pilots for step_size="auto" run that
-    # update, and the result says so
-    options = {"noise": "independent"}
+    options = {"noise": "independent", "minibatch_correction": False}
     if sampler == "rmsprop_sgld":
         options["adapt_in_draws"] = True
-    problem = Problem.build(
-        model,
-        loss_fn,
-        (x, y),
-        sampler=sampler,
-        localization=localization,
-        nbeta=nbeta,
-        batch_size=m,
-        seed=seed,
-        device=device,
-        sampler_options=options,
-    )
+    return options
+
+
+def estimate_llc_devinterp(
+    model,
+    loss_fn,
+    posterior: LocalPosterior,
+    budget: Budget,
+    *,
+    sampler: str,
+    step_size,
+    accuracy: float,
+) -> LLCResult:
+    """λ̂ by devinterp's ``estimate_learning_coeff_with_summary`` on the same posterior (nβ,
+    γ, m, L_n(w*)) and budget; ``step_size="auto"`` calibrates with our kernel in devinterp's
+    form (:func:`reference_kernel_options`)."""
+    from devinterp.optim.sgmcmc import SGMCMC  # deferred: a heavy optional reference
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    start = time.perf_counter()
+    kernel = make_kernel(sampler, **reference_kernel_options(sampler))
     calibration = {}
     if step_size == "auto":
-        cal = problem.calibrate(num_chains=num_chains, num_burnin=num_burnin, accuracy=accuracy)
+        cal = calibrate(posterior, kernel, budget, accuracy)
         step_size, calibration = cal.step_size, cal.as_dict()
+    nbeta, localization, m = posterior.nbeta, posterior.localization, posterior.batch_size
+    num_chains, num_draws, num_burnin = budget.num_chains, budget.num_draws, budget.num_burnin
+    seed = budget.seed
+    x, y = posterior.x, posterior.y
     kwargs = {"lr": float(step_size), "localization": float(localization), "nbeta": nbeta}
     if sampler == "rmsprop_sgld":
         method = SGMCMC.rmsprop_sgld
@@ -102,7 +91,7 @@ def estimate_llc_devinterp(
     # devinterp deep-copies the model per chain; copy here too so the caller's module (its
     # train/eval mode included) is untouched whatever devinterp does to it.
     work = copy.deepcopy(model)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = posterior.flat.device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = estimate_learning_coeff_with_summary(
@@ -114,38 +103,38 @@ def estimate_llc_devinterp(
             num_draws=num_draws,
             num_chains=num_chains,
             num_burnin_steps=num_burnin,
-            init_loss=torch.tensor(problem.init_loss),
+            init_loss=torch.tensor(posterior.init_loss),
             seed=int(seed),
             device=dev,
             verbose=False,
         )
     trace = np.asarray(out["loss/trace"], dtype=np.float64)
-    bad = ~np.isfinite(trace) | (trace > problem.divergence_threshold)
+    bad = ~np.isfinite(trace) | (trace > posterior.divergence_threshold)
     diverged_at = np.where(bad.any(axis=1), bad.argmax(axis=1) + num_burnin, -1)
-    llc = nbeta * (trace.mean(axis=1) - problem.init_loss)
+    llc = nbeta * (trace.mean(axis=1) - posterior.init_loss)
     llc[diverged_at >= 0] = np.nan
     diagnostics = compute_diagnostics(trace, llc, diverged_at, nbeta=nbeta, num_burnin=num_burnin)
     diagnostics.calibration = calibration
     diagnostics.minibatch_noise = {"corrected": False, "reason": "devinterp's SGLD"}
     diagnostics.engine = {"optimizer": f"devinterp SGMCMC.{sampler}", "optimizer_kwargs": passed}
-    used = llc[np.isfinite(llc)]
+    llc_mean, llc_std = chain_summary(llc)
     return LLCResult(
-        llc_mean=float(used.mean()) if used.size else float("nan"),
-        llc_std=float(used.std(ddof=1)) if used.size > 1 else 0.0,
+        llc_mean=llc_mean,
+        llc_std=llc_std,
         llc_per_chain=llc,
         loss_trace=trace,
-        init_loss=problem.init_loss,
+        init_loss=posterior.init_loss,
         step_size=float(step_size),
         nbeta=nbeta,
-        localization=float(localization),
+        localization=localization,
         num_chains=num_chains,
         num_draws=num_draws,
         num_burnin=num_burnin,
         batch_size=m,
-        n=n,
+        n=posterior.n,
         sampler=sampler,
         backend="devinterp",
         diagnostics=diagnostics,
         wall_time_s=time.perf_counter() - start,
-        sampler_options=options,
+        sampler_options=kernel.options(),
     )

@@ -8,48 +8,17 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from slt_probe.sampling.data import as_tensors
+
+__all__ = ["as_tensors", "check_model_for_vmap", "check_scalar_loss", "resolve_batch_size"]
 
 _STOCHASTIC_OR_STATEFUL = (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.dropout._DropoutNd,
     nn.Dropout,
 )
-
-
-def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, Y)`` from a tuple/list of two tensors, a map-style ``Dataset`` or a ``DataLoader``.
-
-    A DataLoader contributes its whole dataset (n is the dataset size, not the batch size).
-    """
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2:
-            raise ValueError(
-                f"data must be (X, Y): a pair of tensors, got a sequence of length {len(data)}"
-            )
-        x, y = (torch.as_tensor(t) for t in data)
-    elif isinstance(data, torch.utils.data.TensorDataset):
-        if len(data.tensors) != 2:
-            raise ValueError("data: a TensorDataset must hold exactly two tensors (X, Y)")
-        x, y = data.tensors
-    elif isinstance(data, Dataset):
-        n = len(data)  # type: ignore[arg-type]
-        if n == 0:
-            raise ValueError("data is empty (0 examples): the LLC needs the training data")
-        items = [data[i] for i in range(n)]
-        x = torch.stack([torch.as_tensor(a) for a, _ in items])
-        y = torch.stack([torch.as_tensor(b) for _, b in items])
-    else:
-        raise TypeError(
-            f"data must be (X, Y) tensors, a torch Dataset or a DataLoader, got {type(data).__name__}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError("data is empty (0 examples): the LLC needs the training data")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data: X has {x.shape[0]} examples but Y has {y.shape[0]}")
-    return x, y
 
 
 def check_model_for_vmap(model: nn.Module) -> None:
@@ -63,6 +32,37 @@ def check_model_for_vmap(model: nn.Module) -> None:
                 "model.eval() before estimating (the usual choice for an LLC), or use "
                 "backend='devinterp'."
             )
+
+
+def check_data(flat, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Data the loss can be evaluated on without a silently wrong number: finite values, a
+    forward pass that runs on the first examples, a target whose shape does not broadcast the
+    model's output into another shape (``(n,)`` against ``(n, 1)`` gives an ``(n, n)`` loss),
+    and a scalar loss."""
+    for name, t in (("X", x), ("Y", y)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"data {name} contains NaN or inf")
+    xs, ys = x[:8], y[:8]
+    try:
+        with torch.no_grad():
+            out = flat.forward(flat.w_star, xs)
+    except Exception as exc:
+        raise ValueError(
+            f"the model's forward pass fails on data X (dtype {x.dtype}, shape "
+            f"{tuple(x.shape)}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(out, torch.Tensor) and ys.is_floating_point() and out.shape != ys.shape:
+        try:
+            merged = torch.broadcast_shapes(out.shape, ys.shape)
+        except RuntimeError:
+            merged = None
+        if merged is not None and merged != out.shape:
+            raise ValueError(
+                f"data Y has shape {tuple(y.shape)} but the model's output has shape "
+                f"{tuple(out.shape[1:])} per example: the loss would broadcast them to "
+                f"{tuple(merged)}; reshape Y to match the output"
+            )
+    check_scalar_loss(flat.loss(flat.w_star, xs, ys))
 
 
 def check_scalar_loss(loss: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from slt_probe.estimators.diagnostics import compute_diagnostics
-from slt_probe.estimators.result import Diagnostics, LLCResult
+from slt_probe.estimators.result import Diagnostics, LLCResult, chain_summary
 
 
 class LLCEstimator:
@@ -86,10 +86,10 @@ class LLCEstimator:
             if draws
             else Diagnostics()
         )
-        used = llc[np.isfinite(llc)]
+        llc_mean, llc_std = chain_summary(llc)
         return LLCResult(
-            llc_mean=float(np.mean(used)) if used.size else float("nan"),
-            llc_std=float(np.std(used, ddof=1)) if used.size > 1 else 0.0,
+            llc_mean=llc_mean,
+            llc_std=llc_std,
             llc_per_chain=llc,
             loss_trace=trace,
             init_loss=self.init_loss,

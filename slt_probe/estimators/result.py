@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 
 
+def chain_summary(llc_per_chain) -> tuple[float, float]:
+    """(mean, standard deviation with ddof = 1) of λ̂ over the chains whose value is finite (the
+    chains that did not diverge). With no such chain both are NaN; with one, the deviation is
+    NaN (a spread needs two chains)."""
+    used = np.asarray(llc_per_chain, dtype=float)
+    used = used[np.isfinite(used)]
+    mean = float(np.mean(used)) if used.size else float("nan")
+    std = float(np.std(used, ddof=1)) if used.size > 1 else float("nan")
+    return mean, std
+
+
 @dataclass
 class Diagnostics:
     """Convergence diagnostics of one estimate.

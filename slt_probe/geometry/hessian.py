@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.func import grad, vjp
 
-from slt_probe.estimators.inputs import as_tensors
+from slt_probe.sampling.data import as_tensors
 from slt_probe.sampling.functional import FlatModel
 
 HVP = Callable[[torch.Tensor], torch.Tensor]

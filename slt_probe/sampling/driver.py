@@ -10,14 +10,14 @@ which it left is reported: a diverging chain never reaches the mean silently.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
 from slt_probe.sampling.functional import FlatModel
 from slt_probe.sampling.groups import ChainGroups, num_groups, splittable
-from slt_probe.sampling.kernels import SamplerState
+from slt_probe.sampling.kernel import Kernel, Potential, check_step_size
 
 _CHECK_EVERY = 25  # divergence is checked per block: cheap, and NaN cannot leak across chains
 # Blocks of chains on threads run these 25 steps without meeting: one barrier per 25 steps
@@ -116,7 +116,9 @@ def sample_batch_indices(
 
 
 def run_chains(
-    kernel,
+    kernel: Kernel,
+    potential: Potential,
+    step_size: float,
     flat: FlatModel,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -132,7 +134,12 @@ def run_chains(
     virial_steps: range | None = None,
     burnin_steps: int = 0,
 ) -> ChainTrace:
-    """Run ``num_steps`` kernel steps on ``num_chains`` chains started at w* (or ``init_position``).
+    """Run ``num_steps`` steps of ``kernel`` at ``step_size`` on ``potential`` (whose centre is
+    ``flat.w_star``) for ``num_chains`` chains started at w* (or ``init_position``).
+
+    Run options live here; kernel options live on the kernel. Steps run in chunks of
+    ``_CHECK_EVERY``; within a chunk, blocks of chains (:mod:`slt_probe.sampling.groups`) step
+    without meeting, and divergence is checked when they meet.
 
     With ``paired_reference`` the loss of w* is also evaluated on every minibatch (a forward
     pass, no gradient), so that L_m(w_t) − L_m(w*) cancels most of the minibatch noise. When the
@@ -144,167 +151,190 @@ def run_chains(
     gradient the step already computed: three passes over the chains' rows, so they are taken
     on a subsample of steps.
 
-    ``burnin_steps`` (> 0): after that many steps the driver calls the kernel's ``end_burnin()``,
-    if it has one (RMSProp-SGLD then stops adapting its preconditioner).
+    ``burnin_steps`` (> 0): after that many steps (between chunks) the driver calls
+    ``kernel.end_burnin(state)`` (RMSProp-SGLD then stops adapting its preconditioner).
     """
-    n = x.shape[0]
-    full_batch = batch_size >= n
-    shared = shared_batch or full_batch
-    ref_fn = _reference_loss(flat, x, y, shared) if paired_reference else None
-    if ref_fn is not None:
-        ref = torch.full(
-            (num_chains, num_steps), float("nan"), dtype=flat.dtype, device=flat.device
-        )
-    start = (
-        flat.w_star.expand(num_chains, -1).clone()
-        if init_position is None
-        else init_position.clone()
+    run = _ChainRun(
+        kernel,
+        kernel.init(_start(flat, num_chains, init_position), potential, check_step_size(step_size)),
+        flat,
+        x,
+        y,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        shared=shared_batch or batch_size >= x.shape[0],
+        paired_reference=paired_reference,
+        virial_steps=virial_steps,
     )
-    state = kernel.init(start)
-    grad_buffer = torch.empty_like(start)  # reused every step: see NoiseStream
-    groups = num_groups(flat.device, num_chains, flat.dim)
-    # Blocks on threads need a gradient without torch.func transforms (concurrent transforms
-    # on several threads corrupted each other's results): the hand-batched Linear-stack path
-    # with the loss applied chain by chain. Other models run as one block.
-    threaded_grad = None
-    if groups > 1:
-        xs, ys = (x, y) if shared else (x[None], y[None])
-        threaded_grad = flat.threaded_grad_and_loss(shared, xs, ys)
-        if threaded_grad is None:
-            groups = 1
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
-    # blocks of chains can draw theirs on their own threads.
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    split = splittable(flat.device, num_chains, flat.dim)  # per-chain noise: by shape alone
-    noise = NoiseStream(
-        start.shape,
-        seed,
+    # blocks of chains can draw theirs on their own threads; the split depends on shape alone.
+    run.noise = NoiseStream(
+        run.state.position.shape,
+        int(torch.randint(2**62, (1,), generator=generator)),
         device=flat.device,
         dtype=flat.dtype,
-        split=split,
-        leimkuhler_matthews=getattr(kernel, "noise", None) == "leimkuhler-matthews",
+        split=splittable(flat.device, num_chains, flat.dim),
+        leimkuhler_matthews=kernel.leimkuhler_matthews,
     )
-    losses = torch.full((num_chains, num_steps), float("nan"), dtype=flat.dtype, device=flat.device)
-    diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
-    virial_at = {t: k for k, t in enumerate(virial_steps or ())}
-    virial = None
-    if virial_at:
-        shape = (len(virial_at), 2, num_chains)
-        virial = torch.full(shape, float("nan"), dtype=start.dtype, device=start.device)
-        delta_buffer = torch.empty_like(start)
-    alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
-    lock = threading.Lock()
-    chunk = {}  # this chunk's first step, minibatch indices and starting rows, read by every block
-
-    def batch(idx: torch.Tensor | None, lo: int, hi: int):
-        if idx is None:
-            return (x, y) if shared else (x[lo:hi], y[lo:hi])
-        idx = idx if shared else idx[lo:hi]
-        return x[idx], y[idx]
-
-    def advance(lo: int, hi: int) -> None:
-        """The chunk's kernel steps of chains [lo, hi): gradient, loss, noise, update. Blocks run
-        a whole chunk without waiting for each other: they meet once per chunk, not per step."""
-        for k, idx in enumerate(chunk["indices"]):
-            t = chunk["start"] + k
-            # the chunk's first rows were taken before any block wrote (see below); later ones
-            # are this block's own rows of the state, which only it writes
-            part = chunk["parts"][lo] if k == 0 else _rows(state, lo, hi)
-            xb, yb = batch(idx, lo, hi)
-            grads, loss = grad_fn(part.position, xb, yb, out=grad_buffer[lo:hi])
-            losses[lo:hi, t] = loss.detach()
-            if t in virial_at:
-                record = virial[virial_at[t], :, lo:hi]
-                delta = torch.sub(part.position, flat.w_star, out=delta_buffer[lo:hi])
-                # (a batched [C,1,d] @ [C,d,1] product runs 20× slower than these on CPU)
-                record[0] = torch.linalg.vecdot(delta, grads)
-                record[1] = torch.linalg.vector_norm(delta, dim=1).square_()
-            _write_rows(state, kernel.step(part, grads, noise.draw(lo, hi)), lo, hi, lock)
-
-    runner = ChainGroups(num_chains, groups)
+    runner = ChainGroups(num_chains, run.groups)
     try:
-        grad_fn = threaded_grad or flat.batched_grad_and_loss(shared_batch=shared)
         # chunks of _CHECK_EVERY steps, one ending where the burn-in does
         bounds = {*range(_CHECK_EVERY, num_steps, _CHECK_EVERY), num_steps}
         bounds = sorted(bounds | ({burnin_steps} if 0 < burnin_steps < num_steps else set()))
-        for block_start, block_end in zip([0, *bounds], bounds):
-            if block_start == burnin_steps > 0 and hasattr(kernel, "end_burnin"):
-                kernel.end_burnin()  # between chunks: no block is stepping
-            indices = []
-            for _ in range(block_start, block_end):
-                idx = sample_batch_indices(n, batch_size, num_chains, shared, generator)
-                indices.append(None if idx is None else idx.to(x.device))
-            # every block's rows are taken before any block writes: a field a kernel creates on
-            # its first step (RMSProp's V) must not appear, half-filled, to a block still starting
-            parts = {lo: _rows(state, lo, hi) for lo, hi in runner.blocks}
-            chunk.update(start=block_start, indices=indices, parts=parts)
-            runner.run(advance)
-            if ref_fn is not None:
-                with torch.no_grad():
-                    for k, idx in enumerate(indices):
-                        ref[:, block_start + k] = ref_fn(idx, partial(batch, idx, 0, num_chains))
-            block = losses[:, block_start:block_end]
-            bad_loss = ~torch.isfinite(block) | (block > divergence_threshold)
-            bad_pos = ~torch.isfinite(state.position).all(dim=1)
-            newly = alive & (bad_loss.any(dim=1) | bad_pos)
-            if newly.any():
-                for c in torch.nonzero(newly).flatten().tolist():
-                    hits = torch.nonzero(bad_loss[c]).flatten()
-                    first = int(hits[0]) if len(hits) else block.shape[1] - 1
-                    diverged_at[c] = block_start + first
-                alive &= ~newly
-                state = _freeze(state, ~alive, flat.w_star)
+        for chunk_start, chunk_end in zip([0, *bounds], bounds):
+            if chunk_start == burnin_steps > 0:
+                run.state = kernel.end_burnin(run.state)  # between chunks: no block is stepping
+            run.chunk(runner, chunk_start, chunk_end, generator)
+            run.check_divergence(chunk_start, chunk_end, divergence_threshold)
     finally:
         runner.close()
-    dead = ~alive
-    if dead.any():
-        steps = torch.arange(num_steps, device=losses.device)
-        mask = dead[:, None] & (steps[None, :] >= diverged_at.to(losses.device)[:, None])
-        losses[mask] = float("nan")
-        if virial is not None:
-            virial = virial.cpu()
-            recorded = torch.tensor(list(virial_at), dtype=torch.long)
-            gone = recorded[:, None] >= torch.where(dead.cpu(), diverged_at, num_steps)[None, :]
-            virial.masked_fill_(gone[:, None, :], float("nan"))
-    return ChainTrace(
-        losses=losses.cpu(),
-        diverged_at=diverged_at,
-        final_position=state.position,
-        reference_losses=ref.cpu() if ref_fn is not None else None,
-        virial_terms=virial.permute(2, 0, 1).to("cpu", torch.float64)
-        if virial is not None
-        else None,
-        engine={"gradient": getattr(grad_fn, "path", None), "chain_blocks": groups},
-    )
+    return run.trace()
 
 
-def _rows(state: SamplerState, lo: int, hi: int) -> SamplerState:
-    """The state of chains [lo, hi): row views of every field."""
-    return SamplerState(
-        **{
-            f.name: None if getattr(state, f.name) is None else getattr(state, f.name)[lo:hi]
-            for f in fields(SamplerState)
-        }
-    )
+def _start(flat: FlatModel, num_chains: int, init_position: torch.Tensor | None) -> torch.Tensor:
+    if init_position is None:
+        return flat.w_star.expand(num_chains, -1).clone()
+    return init_position.clone()
 
 
-def _write_rows(state: SamplerState, part: SamplerState, lo: int, hi: int, lock) -> None:
-    """Put a kernel's new state of chains [lo, hi) into ``state`` (in-place updates of the row
-    views, SGLD's, need nothing; new tensors are copied into their rows)."""
-    for f in fields(SamplerState):
-        new = getattr(part, f.name)
-        if new is None:
-            continue
-        full = getattr(state, f.name)
-        if full is None:  # a field the kernel creates on its first step (RMSProp's V)
-            with lock:
-                full = getattr(state, f.name)
-                if full is None:
-                    full = new.new_empty((state.position.shape[0], *new.shape[1:]))
-                    setattr(state, f.name, full)
-        rows = full[lo:hi]
-        if new.data_ptr() != rows.data_ptr():
-            rows.copy_(new)
+class _ChainRun:
+    """The buffers of one :func:`run_chains` call and the steps that fill them: a chunk of steps
+    for every block of chains, the divergence check between chunks, the trace at the end."""
+
+    def __init__(
+        self,
+        kernel,
+        state,
+        flat,
+        x,
+        y,
+        *,
+        num_steps,
+        batch_size,
+        shared,
+        paired_reference,
+        virial_steps,
+    ):
+        self.kernel, self.state, self.flat, self.x, self.y = kernel, state, flat, x, y
+        self.batch_size, self.shared = batch_size, shared
+        num_chains = state.position.shape[0]
+        full = (num_chains, num_steps)
+        self.ref_fn = _reference_loss(flat, x, y, shared) if paired_reference else None
+        self.ref = None
+        if self.ref_fn is not None:
+            self.ref = torch.full(full, float("nan"), dtype=flat.dtype, device=flat.device)
+        self.grad_buffer = torch.empty_like(state.position)  # reused every step: see NoiseStream
+        self.groups = num_groups(flat.device, num_chains, flat.dim)
+        # Blocks on threads need a gradient without torch.func transforms (concurrent transforms
+        # on several threads corrupted each other's results): the hand-batched Linear-stack path
+        # with the loss applied chain by chain. Other models run as one block.
+        threaded_grad = None
+        if self.groups > 1:
+            xs, ys = (x, y) if shared else (x[None], y[None])
+            threaded_grad = flat.threaded_grad_and_loss(shared, xs, ys)
+            if threaded_grad is None:
+                self.groups = 1
+        self.grad_fn = threaded_grad or flat.batched_grad_and_loss(shared_batch=shared)
+        self.losses = torch.full(full, float("nan"), dtype=flat.dtype, device=flat.device)
+        self.diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
+        self.alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
+        self.virial_at = {t: k for k, t in enumerate(virial_steps or ())}
+        self.virial = None
+        if self.virial_at:
+            shape = (len(self.virial_at), 2, num_chains)
+            position = state.position
+            self.virial = torch.full(
+                shape, float("nan"), dtype=position.dtype, device=position.device
+            )
+            self.delta_buffer = torch.empty_like(position)
+        self.lock = threading.Lock()
+        self.noise: NoiseStream | None = None
+        # this chunk's first step, minibatch indices and starting rows, read by every block
+        self.current: dict = {}
+
+    def batch(self, idx: torch.Tensor | None, lo: int, hi: int):
+        if idx is None:
+            return (self.x, self.y) if self.shared else (self.x[lo:hi], self.y[lo:hi])
+        idx = idx if self.shared else idx[lo:hi]
+        return self.x[idx], self.y[idx]
+
+    def chunk(self, runner: ChainGroups, start: int, end: int, generator) -> None:
+        """Steps [start, end) of every block of chains, then the paired reference losses."""
+        n, num_chains = self.x.shape[0], self.state.position.shape[0]
+        indices = []
+        for _ in range(start, end):
+            idx = sample_batch_indices(n, self.batch_size, num_chains, self.shared, generator)
+            indices.append(None if idx is None else idx.to(self.x.device))
+        # every block's rows are taken before any block writes: a field a kernel creates on
+        # its first step (RMSProp's V) must not appear, half-filled, to a block still starting
+        parts = {lo: self.state.rows(lo, hi) for lo, hi in runner.blocks}
+        self.current.update(start=start, indices=indices, parts=parts)
+        runner.run(self.advance)
+        if self.ref_fn is not None:
+            with torch.no_grad():
+                for k, idx in enumerate(indices):
+                    get_batch = partial(self.batch, idx, 0, num_chains)
+                    self.ref[:, start + k] = self.ref_fn(idx, get_batch)
+
+    def advance(self, lo: int, hi: int) -> None:
+        """The chunk's kernel steps of chains [lo, hi): gradient, loss, noise, update. Blocks run
+        a whole chunk without waiting for each other: they meet once per chunk, not per step."""
+        chunk = self.current
+        for k, idx in enumerate(chunk["indices"]):
+            t = chunk["start"] + k
+            # the chunk's first rows were taken before any block wrote (see ``chunk``); later
+            # ones are this block's own rows of the state, which only it writes
+            part = chunk["parts"][lo] if k == 0 else self.state.rows(lo, hi)
+            xb, yb = self.batch(idx, lo, hi)
+            grads, loss = self.grad_fn(part.position, xb, yb, out=self.grad_buffer[lo:hi])
+            self.losses[lo:hi, t] = loss.detach()
+            if t in self.virial_at:
+                record = self.virial[self.virial_at[t], :, lo:hi]
+                delta = torch.sub(part.position, self.flat.w_star, out=self.delta_buffer[lo:hi])
+                # (a batched [C,1,d] @ [C,d,1] product runs 20× slower than these on CPU)
+                record[0] = torch.linalg.vecdot(delta, grads)
+                record[1] = torch.linalg.vector_norm(delta, dim=1).square_()
+            new = self.kernel.step(part, grads, self.noise.draw(lo, hi))
+            self.state.write_rows(new, lo, hi, self.lock)
+
+    def check_divergence(self, start: int, end: int, threshold: float) -> None:
+        """Chains whose loss in steps [start, end) went non-finite or above ``threshold``, or
+        whose position is not finite, are marked with the step they left at and reset."""
+        block = self.losses[:, start:end]
+        bad_loss = ~torch.isfinite(block) | (block > threshold)
+        bad_pos = ~torch.isfinite(self.state.position).all(dim=1)
+        newly = self.alive & (bad_loss.any(dim=1) | bad_pos)
+        if not newly.any():
+            return
+        for c in torch.nonzero(newly).flatten().tolist():
+            hits = torch.nonzero(bad_loss[c]).flatten()
+            first = int(hits[0]) if len(hits) else block.shape[1] - 1
+            self.diverged_at[c] = start + first
+        self.alive &= ~newly
+        self.state = self.kernel.reset(self.state, ~self.alive, self.flat.w_star)
+
+    def trace(self) -> ChainTrace:
+        """The :class:`ChainTrace`, with NaN wherever a chain had left."""
+        losses, virial, dead = self.losses, self.virial, ~self.alive
+        if dead.any():
+            steps = torch.arange(losses.shape[1], device=losses.device)
+            left = self.diverged_at.to(losses.device)
+            losses[dead[:, None] & (steps[None, :] >= left[:, None])] = float("nan")
+            if virial is not None:
+                virial = virial.cpu()
+                recorded = torch.tensor(list(self.virial_at), dtype=torch.long)
+                until = torch.where(dead.cpu(), self.diverged_at, losses.shape[1])
+                virial.masked_fill_((recorded[:, None] >= until[None, :])[:, None, :], float("nan"))
+        return ChainTrace(
+            losses=losses.cpu(),
+            diverged_at=self.diverged_at,
+            final_position=self.state.position,
+            reference_losses=self.ref.cpu() if self.ref is not None else None,
+            virial_terms=None
+            if virial is None
+            else virial.permute(2, 0, 1).to("cpu", torch.float64),
+            engine={"gradient": getattr(self.grad_fn, "path", None), "chain_blocks": self.groups},
+        )
 
 
 def _reference_loss(flat: FlatModel, x, y, shared: bool):
@@ -317,15 +347,3 @@ def _reference_loss(flat: FlatModel, x, y, shared: bool):
         return lambda idx, get_batch: per_example[idx].mean(-1)
     forward = flat.loss if shared else torch.func.vmap(flat.loss, in_dims=(None, 0, 0))
     return lambda idx, get_batch: forward(flat.w_star, *get_batch())
-
-
-def _freeze(state, dead: torch.Tensor, center: torch.Tensor):
-    """Put diverged chains back at w* with a clean state so they stay finite (and ignored)."""
-    state.position[dead] = center
-    if state.momentum is not None:
-        state.momentum[dead] = 0.0
-    if state.thermostat is not None:
-        state.thermostat[dead] = 0.0
-    if state.second_moment is not None:
-        state.second_moment[dead] = 1.0
-    return state

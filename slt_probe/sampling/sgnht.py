@@ -1,0 +1,77 @@
+"""Stochastic-gradient Nosé–Hoover thermostat (Ding et al. 2014), one thermostat per chain:
+
+    p ← p − h·ξ·p − h·∇U_m(w) + N(0, 2Ah·I)
+    w ← w + h·p
+    ξ ← ξ + h·(‖p‖²/d − 1)
+
+The step size is the time step h (h²·a_max plays the role of SGLD's ε·a_max); A is the diffusion
+factor. The thermostat absorbs the unknown minibatch-gradient noise, so SGNHT has no
+minibatch-noise correction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from slt_probe.sampling.kernel import SHARED, ChainState, Kernel, Potential
+
+
+@dataclass
+class SGNHTState(ChainState):
+    """Positions and momenta ``[C, d]``, thermostats ``[C, 1]``; shared: the potential and h."""
+
+    momentum: torch.Tensor | None = None
+    thermostat: torch.Tensor | None = None
+    potential: Potential | None = field(default=None, metadata=SHARED)
+    step_size: float = field(default=0.0, metadata=SHARED)
+
+
+class SGNHT(Kernel):
+    """SGNHT (see module docstring). ``step`` returns new tensors."""
+
+    name = "sgnht"
+
+    def __init__(self, *, diffusion: float = 0.01):
+        if not (isinstance(diffusion, (int, float)) and diffusion > 0):
+            raise ValueError(f"SGNHT diffusion factor must be > 0, got {diffusion}")
+        self.diffusion = float(diffusion)
+
+    def options(self) -> dict:
+        return {"diffusion": self.diffusion}
+
+    def init(self, position, potential, step_size) -> SGNHTState:
+        c = position.shape[0]
+        thermostat = torch.full(
+            (c, 1), self.diffusion, dtype=position.dtype, device=position.device
+        )
+        return SGNHTState(
+            position, torch.zeros_like(position), thermostat, potential, float(step_size)
+        )
+
+    @staticmethod
+    def auto_step_size(a_max: float, accuracy: float) -> float:
+        """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
+        return math.sqrt(accuracy / a_max)
+
+    @staticmethod
+    def stiffness(step_size: float, curvature: float) -> float:
+        """h²·a, the counterpart of SGLD's ε·a."""
+        return step_size**2 * curvature
+
+    def reset(self, state, dead, center):
+        state.position[dead] = center
+        state.momentum[dead] = 0.0
+        state.thermostat[dead] = 0.0
+        return state
+
+    def step(self, state: SGNHTState, grad_loss, noise) -> SGNHTState:
+        h = state.step_size
+        w, p, xi = state.position, state.momentum, state.thermostat
+        drift = state.potential.grad(w, grad_loss)
+        p = p - h * xi * p - h * drift + noise * math.sqrt(2 * self.diffusion * h)
+        w = w + h * p
+        xi = xi + h * (p.pow(2).mean(dim=1, keepdim=True) - 1.0)
+        return replace(state, position=w, momentum=p, thermostat=xi)
