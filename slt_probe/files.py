@@ -218,10 +218,12 @@ class FolderLock:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
                     os.close(fd)
-                    raise LockedError(
-                        f"{self.folder} is being written by another process (pid {holder}); "
-                        "wait for it to finish or stop it first"
-                    ) from None
+                    who = (
+                        "this process (close the earlier writer first)"
+                        if holder == str(os.getpid())
+                        else f"another process (pid {holder}); wait for it to finish or stop it"
+                    )
+                    raise LockedError(f"{self.folder} is being written by {who}") from None
                 time.sleep(self.poll)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
