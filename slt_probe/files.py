@@ -87,8 +87,9 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any]) -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(exc, path)
         raise
     _fsync_dir(path.parent)
 
@@ -112,11 +113,22 @@ def append_jsonl(path: str | Path, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(json_clean(row), allow_nan=False) + "\n").encode("utf-8")
-    with open(path, "ab+") as fh:
-        _drop_torn_tail(fh)
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab+") as fh:
+            _drop_torn_tail(fh)
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        _name_file(exc, path)
+        raise
+
+
+def _name_file(exc: BaseException, path: Path) -> None:
+    """Put ``path`` into an OSError raised by a write to a file object (a full disk: "[Errno 28]
+    No space left on device" alone does not say which file)."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def _drop_torn_tail(fh: IO[bytes]) -> None:
