@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from slt_probe.probe.options import probe_estimator_defaults
 from slt_probe.runs.arch import (
     BUILTIN_ARCHS,
     ArchAllowList,
@@ -14,6 +15,7 @@ from slt_probe.runs.arch import (
     resolve_arch,
 )
 from slt_probe.runs.spec import SpecError, load_spec, parse_overrides
+from slt_probe.sampling.kernels import KERNELS
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -175,3 +177,25 @@ def test_probe_schedule_forms():
         load_spec(MODELS / "omnigrok_mnist.toml", ["probe.schedule=cubic"])
     with pytest.raises(SpecError, match=r"probe.start must be <= train.steps \(100\)"):
         load_spec(MODELS / "omnigrok_mnist.toml", ["train.steps=100"])
+
+
+def test_probe_section_options_and_defaults_come_from_the_probe_and_the_registries(monkeypatch):
+    base = {
+        "model": {"arch": "dln:DLN"},
+        "data": {"kind": "teacher_linear", "in_dim": 3, "out_dim": 2, "rank": 1},
+        "train": {"steps": 1, "loss": "half_sq"},
+    }
+    probe = load_spec(base)["probe"]
+    for key, default in probe_estimator_defaults().items():
+        assert probe[key] == default, key  # no restated defaults
+    assert probe["localization"] == 1.0 and probe["num_burnin"] == 200
+
+    class Toy:
+        def __init__(self, config, temperature: float = 1.0):
+            pass
+
+    monkeypatch.setitem(KERNELS, "toy", Toy)
+    spec = load_spec(base, {"probe.sampler": "toy", "probe.sampler_options.temperature": 2.0})
+    assert spec["probe"]["sampler"] == "toy"
+    with pytest.raises(SpecError, match="'noise' is not an option of sampler 'toy'"):
+        load_spec(base, {"probe.sampler": "toy", "probe.sampler_options.noise": "independent"})
