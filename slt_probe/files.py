@@ -75,13 +75,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: the old file's, else 0o666 less the umask
+    (``mkstemp`` makes its files 0o600, which would hide reports and runs from other users)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)  # read the umask: os has no getter
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any]) -> None:
     """``writer(fileobj)`` into a unique temporary file next to ``path``, fsync, rename over
     ``path``, fsync the folder. On any error the temporary file is removed and ``path`` is
-    untouched."""
+    untouched. The file gets the mode a plain write would give it."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()
