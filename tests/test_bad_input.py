@@ -260,3 +260,8 @@ def test_corrupt_config_json_on_resume_and_llc(corrupt, run_dir, tmp_path, capsy
     assert cli_main(["llc", str(copy)]) == 2
     assert "config.json" in capsys.readouterr().err
     assert _snapshot(tmp_path) == before
+
+
+def test_cli_compute_dtype_is_checked_by_the_estimator_options(run_dir, capsys):
+    assert cli_main(["llc", str(run_dir), "--compute-dtype", "int8"]) == 2
+    assert "compute_dtype: compute_dtype must be a floating torch dtype" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def register(subparsers) -> None:
     q.add_argument("--batch-size", type=int)
     q.add_argument("--sampler", choices=sorted(KERNELS))
     q.add_argument("--backend", choices=list(BACKENDS))
-    q.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32", "float64"))
+    q.add_argument("--compute-dtype", help="e.g. bfloat16 (checked as estimate_llc checks it)")
     q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")
     q.add_argument("--out", help="JSONL file for the rows (default RUN_DIR/llc_posthoc.jsonl)")
     _allow_options(q)
