@@ -75,20 +75,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: the old file's, else 0o666 less the umask
+    (``mkstemp`` makes its files 0o600, which would hide reports and runs from other users)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)  # read the umask: os has no getter
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any]) -> None:
     """``writer(fileobj)`` into a unique temporary file next to ``path``, fsync, rename over
     ``path``, fsync the folder. On any error the temporary file is removed and ``path`` is
-    untouched."""
+    untouched. The file gets the mode a plain write would give it."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(exc, path)
         raise
     _fsync_dir(path.parent)
 
@@ -112,11 +125,22 @@ def append_jsonl(path: str | Path, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(json_clean(row), allow_nan=False) + "\n").encode("utf-8")
-    with open(path, "ab+") as fh:
-        _drop_torn_tail(fh)
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab+") as fh:
+            _drop_torn_tail(fh)
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        _name_file(exc, path)
+        raise
+
+
+def _name_file(exc: BaseException, path: Path) -> None:
+    """Put ``path`` into an OSError raised by a write to a file object (a full disk: "[Errno 28]
+    No space left on device" alone does not say which file)."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def _drop_torn_tail(fh: IO[bytes]) -> None:
@@ -218,10 +242,12 @@ class FolderLock:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
                     os.close(fd)
-                    raise LockedError(
-                        f"{self.folder} is being written by another process (pid {holder}); "
-                        "wait for it to finish or stop it first"
-                    ) from None
+                    who = (
+                        "this process (close the earlier writer first)"
+                        if holder == str(os.getpid())
+                        else f"another process (pid {holder}); wait for it to finish or stop it"
+                    )
+                    raise LockedError(f"{self.folder} is being written by {who}") from None
                 time.sleep(self.poll)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

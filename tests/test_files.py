@@ -15,6 +15,7 @@ from slt_probe.files import (
     atomic_write_text,
     check_safe_name,
     read_jsonl,
+    write_json,
 )
 
 
@@ -84,3 +85,15 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
         atomic_write_bytes(path, writer)
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "a.json").chmod(0o600)
+        write_json(tmp_path / "a.json", {"x": 2})  # an existing file keeps its mode
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.func import functional_call, vmap
 
-from slt_probe.runs.spec import REPO_MODELS, resolve_arch
-from slt_probe.runs.train import scale_init, weight_norm
+from slt_probe.probe import weight_norm
+from slt_probe.runs.arch import resolve_arch
+from slt_probe.runs.train import scale_init
 
 
 def cls(name):
-    return resolve_arch(name, [REPO_MODELS])
+    return resolve_arch(name)  # slt_probe's own architectures need no allowance
 
 
 def test_mlp_shapes_and_layers():

@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from slt_probe import LLCProbe
+from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import append_jsonl, read_jsonl, truncate_jsonl
+from slt_probe.probe import options, weight_norm
+from slt_probe.probe.probe import ROW_KEYS
 from slt_probe.probe.schedules import make_schedule
+from slt_probe.sampling import kernels
 
 
 def test_log_schedule_is_dense_early_and_complete():
@@ -113,6 +117,7 @@ def test_probe_measures_only_on_schedule_and_restores_the_model(tmp_path):
     assert df["n_params"].iloc[0] == sum(p.numel() for p in model.parameters())
     assert len(df["loss_trace"].iloc[0]) == 4 and len(df["loss_trace"].iloc[0][0]) == 30
     assert [r["step"] for r in read_jsonl(tmp_path / "llc.jsonl")] == [0, 20, 40]
+    assert set(probe.rows[0]) == set(ROW_KEYS) | {"train_loss"}  # ROW_KEYS is the row
     ov = probe.overhead
     assert 0 < ov["fraction"] <= 1 and ov["probe_time_s"] > 0
 
@@ -140,3 +145,48 @@ def test_metric_name_clash_is_refused():
     probe = LLCProbe(nn.MSELoss(), data, schedule=[0], hessian=False, num_draws=5, num_burnin=0)
     with pytest.raises(ValueError, match="clashes"):
         probe.step(0, model, llc_mean=3.0)
+
+
+def test_every_estimate_llc_option_has_a_check_and_its_own_default():
+    """The options table is read from estimate_llc's signature: a keyword added there without a
+    check here fails this test; the defaults are the signature's (the probe's three aside)."""
+    import inspect
+
+    params = inspect.signature(estimate_llc).parameters
+    names = [n for n in params if n not in ("model", "loss_fn", "data")]
+    assert sorted(options.ESTIMATOR_CHECKS) == sorted(names)
+    defaults = options.probe_estimator_defaults()
+    for name in names:
+        expected = options.PROBE_DEFAULTS.get(name, params[name].default)
+        assert defaults[name] == expected, name
+    assert options.PROBE_DEFAULTS == {"num_chains": 4, "num_draws": 200, "num_burnin": 200}
+
+
+def test_sampler_choices_and_options_come_from_the_kernel_registry(monkeypatch):
+    class Toy:
+        name = "toy"
+
+        def __init__(self, config, temperature: float = 1.0, flip: bool = False):
+            pass
+
+    monkeypatch.setitem(kernels.KERNELS, "toy", Toy)
+    assert options.kernel_options("toy") == {"temperature": 1.0, "flip": False}
+    ok = options.check_estimator_options({"sampler": "toy", "sampler_options": {"flip": True}})
+    assert ok["sampler"] == "toy"
+    with pytest.raises(ValueError, match="'noise' is not an option of sampler 'toy'"):
+        options.check_estimator_options({"sampler": "toy", "sampler_options": {"noise": "x"}})
+    with pytest.raises(TypeError, match="sampler_options.temperature must be a number"):
+        options.check_estimator_options({"sampler": "toy", "sampler_options": {"temperature": "2"}})
+    assert "'toy'" in str(
+        pytest.raises(ValueError, options.check_choice, "s", "x", kernels.KERNELS).value
+    )
+
+
+def test_weight_norm_is_trainable_only_in_float64():
+    model = nn.Linear(3, 2).to(torch.bfloat16)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(3.0)
+    assert weight_norm(model) == pytest.approx((6 * 1.0 + 2 * 9.0) ** 0.5, rel=1e-12)
+    model.bias.requires_grad_(False)
+    assert weight_norm(model) == pytest.approx(6**0.5, rel=1e-12)

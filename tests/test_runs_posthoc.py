@@ -7,7 +7,7 @@ import pytest
 
 from slt_probe.cli import main as cli_main
 from slt_probe.files import read_jsonl
-from slt_probe.runs import run_spec
+from slt_probe.runs import posthoc, run_spec
 from slt_probe.runs.posthoc import estimate_checkpoints
 from slt_probe.runs.rundir import RunDir
 
@@ -59,12 +59,11 @@ def test_probe_settings_reproduce_the_probe_and_others_differ(dln_run, tmp_path)
 def test_a_repeated_call_skips_what_is_written(dln_run, tmp_path, monkeypatch):
     out = tmp_path / "b.jsonl"
     first = estimate_checkpoints(dln_run, [200], like_probe=True, num_draws=20, out=out)
-    import slt_probe.estimators.llc as llc
 
     def fail(*args, **kwargs):
         raise AssertionError("estimated again")
 
-    monkeypatch.setattr(llc, "estimate_llc", fail)
+    monkeypatch.setattr(posthoc, "estimate_llc", fail)
     again = estimate_checkpoints(dln_run, [200], like_probe=True, num_draws=20, out=out)
     assert again == first and len(list(read_jsonl(out))) == 1
 

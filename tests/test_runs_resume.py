@@ -1,7 +1,9 @@
 """A run SIGKILLed at arbitrary moments and resumed ends with exactly the metric rows of an
 uninterrupted run: no gaps, no duplicates, same numbers (training is deterministic)."""
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from slt_probe.runs.rundir import RunDir
 
@@ -89,3 +92,86 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path):
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6, abs=1e-12)
     summary = rd.read_summary()
     assert summary["status"] == "complete" and summary["steps_done"] == 1000
+
+
+WIDE_SETS = [
+    "train.steps=300",
+    "train.eval_every=10",
+    "train.checkpoint_every=10",
+    "train.batch_size=50",
+    "train.threads=1",
+    "data.n_train=500",
+    "data.n_test=100",
+    "model.kwargs.widths=[8, 128, 128, 8]",  # 200 kB checkpoints: writes take a while
+    "probe.enabled=false",
+]
+
+
+def _wide_cmd(out, name, resume=False):
+    cmd = [sys.executable, "-m", "slt_probe", "run", str(ROOT / "models" / "dln.toml")]
+    for s in WIDE_SETS:
+        cmd += ["--set", s]
+    cmd += ["--out", str(out), "--name", name, "--no-report", "--quiet"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _kill_at_random(cmd, metrics: Path, delay: float) -> bool:
+    """Start cmd; once it trains (a metrics row is there), SIGKILL it ``delay`` s later."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _count_rows(metrics) < 1 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.002)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def _consistent(rd: RunDir) -> int:
+    """What a kill may leave: whole checkpoints (each loads), at most temporaries beside them,
+    a parsable summary and rows; returns the number of temporaries (a kill mid-write)."""
+    for _, path in rd.list_checkpoints():
+        assert "model" in torch.load(path, map_location="cpu", weights_only=True)
+    if rd.summary.exists():
+        assert json.loads(rd.summary.read_text())["status"] == "partial"
+    steps = [r["step"] for r in rd.metrics_rows()]
+    assert steps == sorted(set(steps))
+    return len(list(rd.checkpoints.glob(".step_*.tmp")))
+
+
+def test_sigkill_at_random_moments_during_checkpoint_writes(tmp_path):
+    """Kills at seeded random moments of a run that writes a 200 kB checkpoint every 10 steps
+    leave whole files only; resuming after each ends with an uninterrupted run's rows."""
+    full = subprocess.run(_wide_cmd(tmp_path, "full"), cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    reference = RunDir(tmp_path / "full").metrics_rows()
+    rd = RunDir(tmp_path / "killed")
+    rng = random.Random(19)
+    kills = 0
+    for i in range(4):
+        if _kill_at_random(
+            _wide_cmd(tmp_path, "killed", resume=i > 0), rd.metrics, rng.uniform(0.05, 0.6)
+        ):
+            kills += 1
+            _consistent(rd)
+    assert kills >= 2, "the kills came too late to test anything"
+    done = subprocess.run(
+        _wide_cmd(tmp_path, "killed", resume=True), cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    again = rd.metrics_rows()
+    assert [r["step"] for r in again] == [r["step"] for r in reference]
+    for a, b in zip(reference, again):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6, abs=1e-12)
+    assert rd.read_summary()["status"] == "complete"
+    assert not list(rd.checkpoints.glob(".step_*.tmp"))  # a resume clears the temporaries

@@ -1,6 +1,12 @@
 """``slt-probe run SPEC [--set key=value ...] [--out DIR] [--name NAME] [--resume] [--no-report]``
 and ``slt-probe llc RUN_DIR [--steps ...] [--like-probe] [estimator options]`` (λ̂ again at a run's
-checkpoints, :mod:`slt_probe.runs.posthoc`)."""
+checkpoints, :mod:`slt_probe.runs.posthoc`).
+
+Both accept ``--model-file PATH.py`` and ``--allow-arch module:Class``: the model classes the user
+allows besides slt_probe's own (a run directory's config.json never allows one; see
+:mod:`slt_probe.runs.arch`). Choice lists are read from the registries (kernels, backends).
+The HTML report of a run is written here, after the run returns.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,46 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from slt_probe.estimators.llc import BACKENDS
+from slt_probe.files import FolderLock, LockedError, check_safe_name
+from slt_probe.reports import write_run_report
+from slt_probe.runs.posthoc import POSTHOC_FILE, estimate_checkpoints
+from slt_probe.runs.rundir import RunDir, RunDirError
+from slt_probe.runs.runner import run_spec
+from slt_probe.runs.spec import SpecError
+from slt_probe.sampling.kernels import KERNELS
+
+#: Errors of bad input or a busy/broken run directory: one line on stderr and exit code 2.
+RUN_ERRORS = (SpecError, FileNotFoundError, FileExistsError, LockedError, RunDirError)
+#: ``slt-probe llc`` also reports the estimator options' own ValueError/TypeError that way.
+LLC_ERRORS = (*RUN_ERRORS, ValueError, TypeError)
+
+
+def _run_name(text: str) -> str:
+    try:
+        return check_safe_name(text, "--name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _allow_options(parser) -> None:
+    parser.add_argument(
+        "--model-file",
+        dest="model_files",
+        action="append",
+        default=[],
+        metavar="PATH.py",
+        help="allow the model classes defined in this file (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-arch",
+        dest="allow_archs",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="allow this importable model class (repeatable)",
+    )
 
 
 def register(subparsers) -> None:
@@ -30,10 +76,16 @@ def register(subparsers) -> None:
     p.add_argument(
         "--out", default="runs", help="parent folder of the run directory (default runs)"
     )
-    p.add_argument("--name", default=None, help="run name (default: the spec's name)")
+    p.add_argument(
+        "--name", type=_run_name, default=None, help="run name (default: the spec's name)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--lock-timeout", type=float, default=0.0, help="seconds to wait for another writer"
+    )
+    _allow_options(p)
     p.set_defaults(func=main)
 
     q = subparsers.add_parser(
@@ -57,11 +109,12 @@ def register(subparsers) -> None:
     q.add_argument("--localization", type=float, help="γ")
     q.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--sampler", choices=("sgld", "sgnht", "rmsprop_sgld"))
-    q.add_argument("--backend", choices=("vmap", "devinterp"))
-    q.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32", "float64"))
+    q.add_argument("--sampler", choices=sorted(KERNELS))
+    q.add_argument("--backend", choices=list(BACKENDS))
+    q.add_argument("--compute-dtype", help="e.g. bfloat16 (checked as estimate_llc checks it)")
     q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")
     q.add_argument("--out", help="JSONL file for the rows (default RUN_DIR/llc_posthoc.jsonl)")
+    _allow_options(q)
     q.set_defaults(func=llc_main)
 
 
@@ -92,8 +145,6 @@ _ESTIMATOR_OPTIONS = (
 
 
 def llc_main(args: argparse.Namespace) -> int:
-    from slt_probe.runs.posthoc import POSTHOC_FILE, estimate_checkpoints
-
     options = {k: getattr(args, k) for k in _ESTIMATOR_OPTIONS if getattr(args, k) is not None}
 
     def show(row: dict) -> None:
@@ -117,19 +168,30 @@ def llc_main(args: argparse.Namespace) -> int:
             like_probe=args.like_probe,
             out=args.out,
             on_row=show,
+            model_files=args.model_files,
+            allow_archs=args.allow_archs,
             **options,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except LLC_ERRORS as exc:
         print(f"slt-probe llc: error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(rows)} checkpoint(s); rows in {args.out or Path(args.run_dir) / POSTHOC_FILE}")
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
-    from slt_probe.runs.spec import SpecError
-    from slt_probe.runs.train import run_spec
+def _write_report(run_dir: Path, summary: dict) -> None:
+    """The run's HTML report, its path recorded in summary.json (under the run's lock)."""
+    try:
+        path = write_run_report(run_dir)
+    except OSError as exc:
+        print(f"slt-probe run: no report: {exc}", file=sys.stderr)
+        return
+    summary["report"] = str(path) if path is not None else None
+    with FolderLock(run_dir, timeout=10.0):
+        RunDir(run_dir).write_summary(summary)
 
+
+def main(args: argparse.Namespace) -> int:
     try:
         summary = run_spec(
             args.spec,
@@ -138,13 +200,20 @@ def main(args: argparse.Namespace) -> int:
             name=args.name,
             resume=args.resume,
             progress=not args.quiet,
-            report=not args.no_report,
+            model_files=args.model_files,
+            allow_archs=args.allow_archs,
+            lock_timeout=args.lock_timeout,
         )
-    except (SpecError, FileNotFoundError, FileExistsError) as exc:
+    except RUN_ERRORS as exc:
         print(f"slt-probe run: error: {exc}", file=sys.stderr)
         return 2
-    final = summary["final"]
+    except OSError as exc:  # a full disk, a read-only folder
+        print(f"slt-probe run: error: {exc}", file=sys.stderr)
+        return 1
     run_dir = Path(args.out) / summary["name"]
+    if not args.no_report:
+        _write_report(run_dir, summary)
+    final = summary["final"]
     print(f"run directory: {run_dir}")
     print(
         "final: "

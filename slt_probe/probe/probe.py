@@ -9,37 +9,107 @@
 Each probe point runs :func:`slt_probe.estimate_llc` at the current weights (with the model in
 eval mode for the measurement, then put back) and, by default, a Hessian summary. With
 ``run_dir`` every row is appended to ``run_dir/llc.jsonl`` as it is measured, and a probe created
-on an existing run directory skips the steps already there (resume).
+on an existing run directory skips the steps already there (resume). Such a probe holds the
+folder's lock (:class:`slt_probe.files.FolderLock`) until :meth:`LLCProbe.close`, so that two
+writers never interleave rows; the trainer, which holds the lock itself, passes ``lock=False``.
+
+Every argument is checked when the probe is made (types, ranges, unknown estimator options,
+metric names that would overwrite a probe column), not at the first probe point: a typo should
+cost a second, not a training segment.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from slt_probe.estimators.llc import estimate_llc
-from slt_probe.files import append_jsonl, read_jsonl
+from slt_probe.files import FolderLock, append_jsonl, read_jsonl
+from slt_probe.geometry.hessian import hessian_summary
+from slt_probe.probe.options import (
+    HESSIAN_DEFAULTS,
+    PROBE_DEFAULTS,
+    check_bool,
+    check_estimator_options,
+    check_hessian_options,
+    check_int,
+)
 from slt_probe.probe.schedules import make_schedule
 
-# Lighter than estimate_llc's defaults: a probe runs dozens of estimates per training run and
-# cares about λ̂ across training more than about each absolute value.
-PROBE_DEFAULTS = {"num_chains": 4, "num_draws": 200, "num_burnin": 200}
-# 2 SLQ probes × 12 Lanczos steps = 24 Hessian-vector products per probe point (≈ the cost of
-# 50 gradient evaluations on 1,000 examples).
-HESSIAN_DEFAULTS = {"k": 10, "num_probes": 2, "iters": 12, "batch_size": 1000}
 _MAX_TRACE_DRAWS = 200
+LLC_FILE = "llc.jsonl"
+
+#: The columns of a probe row; metrics given to :meth:`LLCProbe.step` must not reuse them.
+ROW_KEYS = (
+    "step", "llc_mean", "llc_std", "llc_stderr", "llc_per_chain", "two_llc", "step_size",
+    "nbeta", "localization", "num_chains", "num_draws", "compute_dtype",
+    "minibatch_noise_fraction", "end_stiffness", "virial_ratio", "init_loss", "r_hat", "ess",
+    "num_diverged", "warnings", "hessian_eff_dim", "hessian_eff_dim_stderr", "hessian_trace",
+    "hessian_top_eigs", "hessian_scale", "hessian_z", "n_params", "weight_norm",
+    "probe_time_s", "loss_trace",
+)  # fmt: skip
 
 
 def weight_norm(model: torch.nn.Module) -> float:
-    """‖w‖₂ over the trainable parameters."""
+    """‖w‖₂ over the trainable parameters (``requires_grad``), summed in float64.
+
+    The one definition behind the probe's rows and the trainer's metrics. Trainable, because
+    those are the parameters the optimizer moves and λ̂ is measured over (frozen ones are
+    constants of the model); float64, so that the norm of a float32 or bfloat16 model does not
+    carry the rounding of a long low-precision sum."""
     with torch.no_grad():
-        return math.sqrt(
-            sum(float(p.detach().pow(2).sum()) for p in model.parameters() if p.requires_grad)
+        total = sum(
+            float(p.detach().double().pow(2).sum()) for p in model.parameters() if p.requires_grad
         )
+    return math.sqrt(total)
+
+
+def check_train_data(data) -> None:
+    """The checks of the training data that need no model: (X, Y) tensors non-empty, of one
+    length and finite; a Dataset (or a DataLoader's) non-empty."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+            raise TypeError("train_data must be (X, Y), a pair of tensors")
+        x, y = data
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError("train_data is empty (0 examples): λ̂ needs the training data")
+        if y.dim() == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"train_data: X has {x.shape[0]} examples but Y has "
+                f"{y.shape[0] if y.dim() else 'none (a scalar)'}"
+            )
+        for label, t in (("X", x), ("Y", y)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"train_data: {label} holds NaN or infinite values")
+    elif isinstance(data, torch.utils.data.Dataset):
+        if hasattr(data, "__len__") and len(data) == 0:
+            raise ValueError("train_data is empty (0 examples): λ̂ needs the training data")
+    else:
+        raise TypeError(
+            "train_data must be (X, Y) tensors, a torch Dataset or a DataLoader, got "
+            f"{type(data).__name__}"
+        )
+
+
+def _check_metric_names(names: Iterable[str], field: str) -> tuple[str, ...]:
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{field}: metric names must be strings, got {name!r}")
+        if name in ROW_KEYS:
+            raise ValueError(
+                f"{field}: metric {name!r} clashes with a probe column; rename it "
+                f"(probe columns: {', '.join(ROW_KEYS)})"
+            )
+    return names
 
 
 class LLCProbe:
@@ -48,8 +118,11 @@ class LLCProbe:
     schedule: ``"log"`` (default, dense early), ``"linear"`` or an explicit list of steps.
     hessian: also record the Hessian effective dimension and trace (``hessian_kwargs`` go to
     :func:`slt_probe.geometry.hessian.hessian_summary`). ``seed``: the estimate at step t uses
-    seed + t, so probe points are independent and reproducible. Other keyword arguments go to
-    :func:`slt_probe.estimate_llc` (defaults: 4 chains, 200 burn-in, 200 draws).
+    seed + t, so probe points are independent and reproducible. ``metrics``: the names of the
+    metrics :meth:`step` will be given, checked now against the probe's columns. ``lock``: hold
+    ``run_dir``'s lock (waiting up to ``lock_timeout`` seconds for another holder). Other keyword
+    arguments go to :func:`slt_probe.estimate_llc` (defaults: its own, but 4 chains, 200 burn-in
+    and 200 draws).
     """
 
     def __init__(
@@ -63,23 +136,61 @@ class LLCProbe:
         hessian: bool = True,
         hessian_kwargs: dict | None = None,
         seed: int = 0,
+        *,
+        metrics: Iterable[str] = (),
+        lock: bool = True,
+        lock_timeout: float = 0.0,
         **estimator_kwargs,
     ):
-        self.loss_fn = loss_fn
-        self.data = train_data
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+        check_train_data(train_data)
+        num_points = check_int("num_points", num_points, 1)
+        if total_steps is not None:
+            total_steps = check_int("total_steps", total_steps, 0)
+        if isinstance(schedule, (list, tuple)):
+            schedule = [check_int(f"schedule[{i}]", s, 0) for i, s in enumerate(schedule)]
+        elif not isinstance(schedule, str):
+            raise TypeError(
+                f"schedule must be 'log', 'linear' or a list of steps, got {schedule!r}"
+            )
         self.schedule = make_schedule(schedule, num_points, total_steps)
         self._scheduled = set(self.schedule)
-        self.hessian = hessian
-        self.hessian_kwargs = {**HESSIAN_DEFAULTS, **(hessian_kwargs or {})}
-        self.seed = int(seed)
-        self.estimator_kwargs = {**PROBE_DEFAULTS, **estimator_kwargs}
+        self.hessian = check_bool("hessian", hessian)
+        self.hessian_kwargs = {
+            **HESSIAN_DEFAULTS,
+            **check_hessian_options(hessian_kwargs, "hessian_kwargs"),
+        }
+        self.seed = check_int("seed", seed, 0)
+        if "seed" in estimator_kwargs:  # pragma: no cover - Python binds it to ``seed``
+            raise TypeError("seed is the probe's own argument")
+        self.estimator_kwargs = check_estimator_options({**PROBE_DEFAULTS, **estimator_kwargs})
+        self.metrics = _check_metric_names(metrics, "metrics")
+        self.loss_fn = loss_fn
+        self.data = train_data
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._lock = None
+        if self.run_dir is not None and check_bool("lock", lock):
+            self._lock = FolderLock(self.run_dir, timeout=lock_timeout).acquire()
+            weakref.finalize(self, self._lock.release)
         self.rows: list[dict] = []
         if self.run_dir is not None:
-            self.rows = list(read_jsonl(self.run_dir / "llc.jsonl"))
+            self.rows = list(read_jsonl(self.run_dir / LLC_FILE))
         self._measured = {int(r["step"]) for r in self.rows}
         self._start = time.perf_counter()
         self.probe_time_s = 0.0
+
+    def close(self) -> None:
+        """Release ``run_dir``'s lock (also done when the probe is garbage-collected and, by the
+        kernel, when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> LLCProbe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is scheduled and not measured yet."""
@@ -88,10 +199,14 @@ class LLCProbe:
     def step(self, step: int, model: torch.nn.Module, **metrics) -> dict | None:
         """Measure at ``step`` if it is scheduled; returns the new row, else ``None``.
 
-        ``metrics`` (e.g. ``test_acc=0.9, train_loss=0.01``) are stored beside λ̂.
+        ``metrics`` (e.g. ``test_acc=0.9, train_loss=0.01``) are stored beside λ̂; their names
+        are checked before anything is measured.
         """
+        _check_metric_names(metrics, "probe.step")
         if not self.due(step):
             return None
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("model has no trainable parameters (requires_grad): nothing to probe")
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -101,8 +216,6 @@ class LLCProbe:
             )
             hess = {}
             if self.hessian:
-                from slt_probe.geometry.hessian import hessian_summary
-
                 # N_eff of nβ·H against z = γ: the directions the tempered posterior pins
                 # down harder than the localisation, on the same footing as 2λ̂.
                 kwargs = {"scale": res.nbeta, "z": res.localization or 1.0, **self.hessian_kwargs}
@@ -115,7 +228,7 @@ class LLCProbe:
         self.probe_time_s += elapsed
         row = self._row(step, model, res, hess, elapsed, metrics)
         if self.run_dir is not None:
-            append_jsonl(self.run_dir / "llc.jsonl", row)
+            append_jsonl(self.run_dir / LLC_FILE, row)
         self.rows.append(row)
         self._measured.add(int(step))
         return row
@@ -159,10 +272,6 @@ class LLCProbe:
             "loss_trace": trace.tolist(),
         }
         for key, value in metrics.items():
-            if key in row:
-                raise ValueError(
-                    f"probe.step metric {key!r} clashes with a probe column; rename it"
-                )
             row[key] = (
                 float(value)
                 if isinstance(value, (int, float, np.floating, torch.Tensor))

@@ -14,43 +14,31 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import random
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from slt_probe.files import json_clean
+from slt_probe.probe import LLCProbe, make_schedule, summarise_transitions, weight_norm
+from slt_probe.runs.arch import ArchAllowList, build_model
 from slt_probe.runs.data import RunData, load_data
 from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
 from slt_probe.runs.posthoc import probe_estimator_kwargs
+from slt_probe.runs.resume import rng_state, set_rng_state
 from slt_probe.runs.rundir import RunDir
-from slt_probe.runs.spec import SpecError, build_model, known_llc, load_spec
+from slt_probe.runs.schema import SpecError
 
-#: Keys of the resolved spec that must match when resuming (the rest is bookkeeping).
-RUN_DEFINING = ("seed", "model", "data", "train", "probe")
+#: The metrics every evaluation gives the probe (declared to it up front).
+PROBE_METRICS = ("test_acc", "train_acc", "train_loss", "test_loss")
 #: Rewrite summary.json ("partial") at most this often, besides at every checkpoint.
 SUMMARY_INTERVAL_S = 10.0
 EVAL_CHUNK = 8192
-
-
-def versions() -> dict[str, str]:
-    """What the run's numbers depend on beyond its spec: library versions and which kernels
-    multiply the probe's float32 matrices (rounding differs between them)."""
-    import slt_probe
-    from slt_probe.sampling import onednn
-
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # TorchVersion is not a plain str (weights_only)
-        "slt_probe": getattr(slt_probe, "__version__", "unknown"),
-        "float32_matmul": "oneDNN" if onednn.enabled() else "torch BLAS",
-    }
 
 
 def scale_init(model: nn.Module, alpha: float) -> None:
@@ -59,12 +47,6 @@ def scale_init(model: nn.Module, alpha: float) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(alpha)
-
-
-def weight_norm(model: nn.Module) -> float:
-    """‖w‖₂ over all parameters."""
-    with torch.no_grad():
-        return float(math.sqrt(sum(float((p.double() ** 2).sum()) for p in model.parameters())))
 
 
 def make_optimizer(model: nn.Module, train: Mapping) -> torch.optim.Optimizer:
@@ -115,23 +97,6 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, classi
     return total / n, (correct / n if classify else None)
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(_py_state())}
-
-
-def _py_state():
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_rng_state(state: Mapping) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-
-
 def _empty_transitions() -> dict:
     return {
         "test_acc": None,
@@ -142,11 +107,7 @@ def _empty_transitions() -> dict:
 
 
 def compute_transitions(metrics_rows: list[dict], llc_rows: list[dict]) -> dict:
-    """``slt_probe.probe.transitions.summarise_transitions`` (empty if unavailable/failing)."""
-    try:
-        from slt_probe.probe.transitions import summarise_transitions
-    except ImportError:
-        return _empty_transitions()
+    """``slt_probe.probe.transitions.summarise_transitions`` (empty if it fails)."""
     try:
         return summarise_transitions(metrics_rows, llc_rows)
     except Exception as exc:  # a transition detector bug must not lose the run's summary
@@ -165,6 +126,7 @@ class Trainer:
         resume: bool = False,
         on_eval: Callable[[int, dict], None] | None = None,
         progress: bool = True,
+        allowed: ArchAllowList | None = None,
     ):
         self.config, self.rd, self.on_eval, self.progress = config, run_dir, on_eval, progress
         self.train_cfg, self.probe_cfg = config["train"], config["probe"]
@@ -175,7 +137,7 @@ class Trainer:
         random.seed(config["seed"])
         base = Path(config["spec_path"]).parent if config.get("spec_path") else None
         self.data: RunData = load_data(config["data"], base).to(self.dtype)
-        self.model = build_model(config).to(self.dtype)
+        self.model = build_model(config, allowed).to(self.dtype)
         scale_init(self.model, config["model"]["init_scale"])
         self.loss_fn = get_loss(self.train_cfg["loss"])
         self.classify = self.train_cfg["loss"] in CLASSIFICATION
@@ -218,16 +180,7 @@ class Trainer:
                 f"model outputs shape {tuple(out.shape)}, targets have {tuple(y.shape)}"
             )
 
-    def _make_probe(self):
-        try:
-            from slt_probe.probe import LLCProbe
-        except ImportError as exc:
-            raise RuntimeError(
-                "probe.enabled = true needs slt_probe.probe.LLCProbe, which is not importable "
-                f"({exc}); run with --set probe.enabled=false"
-            ) from exc
-        from slt_probe.probe.schedules import make_schedule
-
+    def _make_probe(self) -> LLCProbe:
         p = self.probe_cfg
         # the steps themselves, so that a log/linear schedule can start after step 0
         schedule = make_schedule(p["schedule"], p["num_points"], self.total, start=p["start"])
@@ -240,6 +193,8 @@ class Trainer:
             run_dir=self.rd.path,
             hessian=p["hessian"],
             hessian_kwargs=p["hessian_kwargs"] or None,
+            metrics=PROBE_METRICS,
+            lock=False,  # run_spec holds the run directory's lock
             **probe_estimator_kwargs(p),
         )
 
@@ -250,7 +205,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             # plain JSON types only, so torch.load(weights_only=True) accepts it
             "config": json.loads(json.dumps(json_clean(self.config))),
             "wall_time_s": self.wall_time(),
@@ -268,7 +223,7 @@ class Trainer:
             return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt.get("rng", {}))
+        set_rng_state(ckpt.get("rng", {}))
         self.step = int(ckpt["step"])
         self.wall_before = float(ckpt.get("wall_time_s", 0.0))
         self.probe_before = float(ckpt.get("probe_time_s", 0.0))
@@ -344,7 +299,7 @@ class Trainer:
         self.last_metrics = row
         if probe_due:
             t = time.perf_counter()
-            user = {k: row[k] for k in ("test_acc", "train_acc", "train_loss", "test_loss")}
+            user = {k: row[k] for k in PROBE_METRICS}
             llc_row = self.probe.step(self.step, self.model, **user)
             self.probe_time += time.perf_counter() - t
             if llc_row is not None:
@@ -362,8 +317,6 @@ class Trainer:
         return out
 
     def run(self) -> dict:
-        from tqdm.auto import tqdm
-
         self.t0 = time.perf_counter()
         self._last_summary = 0.0
         restored = self.resume and self.restore()
@@ -429,85 +382,3 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(step, dict(self.last_metrics))
         return True
-
-
-def _differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
-    keys = set(a) | set(b)
-    out = []
-    for k in sorted(keys):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
-
-
-def write_report(run_dir: Path) -> str | None:
-    """The run's HTML report (``reports/<name>/index.html``); its path, or None."""
-    try:
-        from slt_probe.reports import write_run_report
-    except ImportError:
-        print(
-            "slt-probe: no HTML report (slt_probe.reports.write_run_report is not available)",
-            file=sys.stderr,
-        )
-        return None
-    # reports/<run name>/index.html (relative to the working directory), as `slt-probe report`.
-    path = write_run_report(run_dir)
-    return str(path) if path is not None else None
-
-
-def run_spec(
-    spec: str | Path | Mapping,
-    *,
-    overrides: Mapping[str, Any] | list[str] | None = None,
-    out_dir: str | Path | None = None,
-    name: str | None = None,
-    resume: bool = False,
-    on_eval: Callable[[int, dict], None] | None = None,
-    progress: bool = True,
-    report: bool = True,
-) -> dict:
-    """Train one run described by ``spec`` (a models/*.toml path or a dict) into
-    ``<out_dir or runs>/<name or spec name>``; returns the final summary dict.
-
-    ``resume=True`` continues a killed run from its last checkpoint (the resolved spec must be
-    the same). ``on_eval(step, metrics)`` is called after every evaluation and may raise (e.g.
-    ``optuna.TrialPruned``): the run directory is left consistent with status "partial" and the
-    exception propagates.
-    """
-    config = load_spec(spec, overrides)
-    if name is not None:
-        config["name"] = str(name)
-    config["versions"] = versions()
-    config.setdefault("spec_path", None)
-    truth = known_llc(config)
-    if truth is not None:
-        config["truth"] = truth
-    rd = RunDir(Path(out_dir if out_dir is not None else "runs") / config["name"])
-    if resume and rd.config.exists():
-        stored = rd.read_config()
-        diff = _differences(
-            {k: stored.get(k) for k in RUN_DEFINING},
-            json_clean({k: config[k] for k in RUN_DEFINING}),
-        )
-        if diff:
-            raise SpecError(
-                f"cannot resume {rd.path}: the spec differs from its config.json ({'; '.join(diff)})"
-            )
-        config["versions"] = stored.get("versions", config["versions"])
-    elif rd.is_started() and not resume:
-        raise FileExistsError(
-            f"run directory {rd.path} already exists: pass --resume to continue it, or choose "
-            "another --name/--out"
-        )
-    rd.path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, rd, resume=resume, on_eval=on_eval, progress=progress)
-    summary = trainer.run()
-    rd.write_summary(summary)
-    if report:
-        summary["report"] = write_report(rd.path)
-        if summary["report"]:
-            rd.write_summary(summary)
-    return summary
