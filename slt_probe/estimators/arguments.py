@@ -25,7 +25,7 @@ def _is_number(value: Any) -> bool:
 
 def check_integer(name: str, value: Any, low: int) -> int:
     """``value`` as an int if it is an integer (not a bool) ≥ ``low``."""
-    if not _is_number(value) or int(value) != value or value < low:
+    if not _is_number(value) or not math.isfinite(value) or int(value) != value or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
