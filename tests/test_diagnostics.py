@@ -1,6 +1,7 @@
 """Diagnostics on synthetic loss traces whose answer is known."""
 
 import numpy as np
+import pytest
 
 from slt_probe.estimators.diagnostics import compute_diagnostics, trace_drift, virial_check
 
@@ -83,3 +84,18 @@ def test_virial_check_averages_records_per_chain_and_skips_diverged_chains():
 def test_virial_check_without_usable_chains_reports_nothing():
     report, warning = virial_check(np.full((2, 4, 2), np.nan), nbeta=3.0, localization=1.0, dim=4)
     assert report == {} and warning is None
+
+
+def test_virial_check_warns_about_cold_chains_only_beyond_three_standard_errors():
+    # nβ·(w − w*)·∇L + γ‖w − w*‖² = 1 per record on d = 10: ratio 0.1, the chains barely moved
+    terms = np.zeros((4, 20, 2))
+    terms[..., 0] = 0.5 / 3.0
+    terms[..., 1] = 0.25
+    report, warning = virial_check(terms, nbeta=3.0, localization=2.0, dim=10)
+    assert report["ratio"] == pytest.approx(0.1)
+    assert "chains are cold" in warning and "underestimate" in warning
+    noisy = terms.copy()
+    noisy[0, :, 0] = 6.0 / 3.0  # one chain spread out: the spread no longer excludes 0.5
+    report, warning = virial_check(noisy, nbeta=3.0, localization=2.0, dim=10)
+    assert report["ratio"] < 0.5 and report["ratio"] + 3 * report["stderr"] >= 0.5
+    assert warning is None

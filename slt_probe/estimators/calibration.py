@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from slt_probe.geometry.hessian import flat_hvp, power_iteration
+from slt_probe.geometry.hessian import finite_difference_hvp, flat_hvp, power_iteration
 from slt_probe.sampling.functional import FlatModel
 
 _CURVATURE_BATCH = 2048  # examples used for Hessian-vector products: enough for λ_max to a few %
@@ -39,10 +39,26 @@ def top_curvature(
     if n > max_examples:
         idx = torch.randperm(n, generator=generator)[:max_examples].to(x.device)
         x, y = x[idx], y[idx]
-    op = flat_hvp(flat, x, y, position)
+    state = generator.get_state() if generator is not None else None
     eig = power_iteration(
-        op, flat.dim, iters=iters, generator=generator, dtype=flat.dtype, device=flat.device
+        flat_hvp(flat, x, y, position),
+        flat.dim,
+        iters=iters,
+        generator=generator,
+        dtype=flat.dtype,
+        device=flat.device,
     )
+    if not math.isfinite(eig):  # autograd's second derivative failed: difference the gradient
+        if state is not None:
+            generator.set_state(state)
+        eig = power_iteration(
+            finite_difference_hvp(flat, x, y, position),
+            flat.dim,
+            iters=iters,
+            generator=generator,
+            dtype=flat.dtype,
+            device=flat.device,
+        )
     return abs(eig)
 
 
@@ -56,6 +72,7 @@ class Calibration:
     curvatures_seen: list[float] = field(default_factory=list)
     pilots: list[dict] = field(default_factory=list)
     reason: str = ""
+    warning: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -65,6 +82,7 @@ class Calibration:
             "curvatures_seen": self.curvatures_seen,
             "pilots": self.pilots,
             "reason": self.reason,
+            "warning": self.warning,
         }
 
 
@@ -89,16 +107,23 @@ def calibrate_step_size(
     """
     h0 = top_curvature(flat, x, y, flat.w_star, generator=generator)
     a_max = nbeta * h0 + localization
+    reasons = [f"a_max = nβ·λ_max(∇²L_n) + γ = {a_max:.4g} at w*"]
+    warning = ""
     if not math.isfinite(a_max) or a_max <= 0:
-        raise ValueError(
-            f"could not measure the curvature at w* (got {a_max}); pass an explicit step_size"
+        # Never stop where an explicit ε would work: start from unit curvature of L and let
+        # the pilots shrink ε until they neither diverge nor meet stiffer curvature.
+        warning = (
+            f"step_size='auto' could not measure the curvature at w* (got {a_max:.3g}); it "
+            "started from nβ + γ and let pilot chains shrink ε: check the calibration record"
         )
+        reasons = [f"curvature at w* not measurable ({a_max:.3g}): a_max = nβ + γ to start"]
+        a_max = nbeta + localization
     cal = Calibration(
         step_size=kernel_cls.auto_step_size(a_max, accuracy),
         accuracy=accuracy,
         curvature_at_w_star=a_max,
+        warning=warning,
     )
-    reasons = [f"a_max = nβ·λ_max(∇²L_n) + γ = {a_max:.4g} at w*"]
     for _ in range(max_rounds):
         eps = kernel_cls.auto_step_size(a_max, accuracy)
         positions, diverged, drift = run_pilot(eps)

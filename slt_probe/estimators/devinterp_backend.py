@@ -56,59 +56,14 @@ def estimate_llc_devinterp(
     """λ̂ by devinterp's ``estimate_learning_coeff_with_summary`` on the same posterior (nβ,
     γ, m, L_n(w*)) and budget; ``step_size="auto"`` calibrates with our kernel in devinterp's
     form (:func:`reference_kernel_options`)."""
-    from devinterp.optim.sgmcmc import SGMCMC  # deferred: a heavy optional reference
-    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-
     start = time.perf_counter()
     kernel = make_kernel(sampler, **reference_kernel_options(sampler))
     calibration = {}
     if step_size == "auto":
         cal = calibrate(posterior, kernel, budget, accuracy)
         step_size, calibration = cal.step_size, cal.as_dict()
-    nbeta, localization, m = posterior.nbeta, posterior.localization, posterior.batch_size
-    num_chains, num_draws, num_burnin = budget.num_chains, budget.num_draws, budget.num_burnin
-    seed = budget.seed
-    x, y = posterior.x, posterior.y
-    kwargs = {"lr": float(step_size), "localization": float(localization), "nbeta": nbeta}
-    if sampler == "rmsprop_sgld":
-        method = SGMCMC.rmsprop_sgld
-        # devinterp's V averages the loss gradient's square, ours that of ∇U ≈ nβ·∇L, so its
-        # G = 1/(√V + eps) is nβ times ours when lr = ε/nβ and eps = δ/nβ; then (lr/2)·G and
-        # lr·G, the drift's and the noise's coefficients, are ours. Left as devinterp has them:
-        # its V leaves out the localisation's gradient and starts at zero (larger first steps).
-        delta = max(math.sqrt(localization), 1e-3)  # our RMSPropSGLD's default δ
-        kwargs.update(lr=float(step_size) / nbeta, eps=delta / nbeta, alpha=0.999)
-    else:
-        method = SGMCMC.sgld
-
-    def evaluate(net, batch):
-        xb, yb = batch
-        return loss_fn(net(xb), yb)
-
-    passed = dict(kwargs)  # as given: devinterp adds its own keys to the dict
-    gen = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(TensorDataset(x, y), batch_size=m, shuffle=True, generator=gen)
-    # devinterp deep-copies the model per chain; copy here too so the caller's module (its
-    # train/eval mode included) is untouched whatever devinterp does to it.
-    work = copy.deepcopy(model)
-    dev = posterior.flat.device
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = estimate_learning_coeff_with_summary(
-            work,
-            loader,
-            evaluate=evaluate,
-            sampling_method=method,
-            optimizer_kwargs=kwargs,
-            num_draws=num_draws,
-            num_chains=num_chains,
-            num_burnin_steps=num_burnin,
-            init_loss=torch.tensor(posterior.init_loss),
-            seed=int(seed),
-            device=dev,
-            verbose=False,
-        )
-    trace = np.asarray(out["loss/trace"], dtype=np.float64)
+    trace, passed = _run_devinterp(model, loss_fn, posterior, budget, sampler, float(step_size))
+    nbeta, num_burnin = posterior.nbeta, budget.num_burnin
     bad = ~np.isfinite(trace) | (trace > posterior.divergence_threshold)
     diverged_at = np.where(bad.any(axis=1), bad.argmax(axis=1) + num_burnin, -1)
     llc = nbeta * (trace.mean(axis=1) - posterior.init_loss)
@@ -126,11 +81,11 @@ def estimate_llc_devinterp(
         init_loss=posterior.init_loss,
         step_size=float(step_size),
         nbeta=nbeta,
-        localization=localization,
-        num_chains=num_chains,
-        num_draws=num_draws,
+        localization=posterior.localization,
+        num_chains=budget.num_chains,
+        num_draws=budget.num_draws,
         num_burnin=num_burnin,
-        batch_size=m,
+        batch_size=posterior.batch_size,
         n=posterior.n,
         sampler=sampler,
         backend="devinterp",
@@ -138,3 +93,49 @@ def estimate_llc_devinterp(
         wall_time_s=time.perf_counter() - start,
         sampler_options=kernel.options(),
     )
+
+
+def _run_devinterp(model, loss_fn, posterior, budget, sampler: str, step_size: float):
+    """devinterp's loss traces ``[C, draws]`` and the optimizer arguments it was given."""
+    from devinterp.optim.sgmcmc import SGMCMC  # deferred: a heavy optional reference
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    nbeta, localization = posterior.nbeta, posterior.localization
+    kwargs = {"lr": step_size, "localization": localization, "nbeta": nbeta}
+    method = SGMCMC.sgld
+    if sampler == "rmsprop_sgld":
+        method = SGMCMC.rmsprop_sgld
+        # devinterp's V averages the loss gradient's square, ours that of ∇U ≈ nβ·∇L, so its
+        # G = 1/(√V + eps) is nβ times ours when lr = ε/nβ and eps = δ/nβ; then (lr/2)·G and
+        # lr·G, the drift's and the noise's coefficients, are ours. Left as devinterp has them:
+        # its V leaves out the localisation's gradient and starts at zero (larger first steps).
+        delta = max(math.sqrt(localization), 1e-3)  # our RMSPropSGLD's default δ
+        kwargs.update(lr=step_size / nbeta, eps=delta / nbeta, alpha=0.999)
+
+    def evaluate(net, batch):
+        xb, yb = batch
+        return loss_fn(net(xb), yb)
+
+    passed = dict(kwargs)  # as given: devinterp adds its own keys to the dict
+    gen = torch.Generator().manual_seed(budget.seed)
+    data = TensorDataset(posterior.x, posterior.y)
+    loader = DataLoader(data, batch_size=posterior.batch_size, shuffle=True, generator=gen)
+    # devinterp deep-copies the model per chain; copy here too so the caller's module (its
+    # train/eval mode included) is untouched whatever devinterp does to it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = estimate_learning_coeff_with_summary(
+            copy.deepcopy(model),
+            loader,
+            evaluate=evaluate,
+            sampling_method=method,
+            optimizer_kwargs=kwargs,
+            num_draws=budget.num_draws,
+            num_chains=budget.num_chains,
+            num_burnin_steps=budget.num_burnin,
+            init_loss=torch.tensor(posterior.init_loss),
+            seed=budget.seed,
+            device=posterior.flat.device,
+            verbose=False,
+        )
+    return np.asarray(out["loss/trace"], dtype=np.float64), passed

@@ -256,6 +256,8 @@ def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibrat
         )
         if warning:
             diagnostics.warnings.append(warning)
+    if calibration.get("warning"):
+        diagnostics.warnings.insert(0, calibration["warning"])
     for r in sampled.retried:
         diagnostics.warnings.insert(
             0,

@@ -33,7 +33,7 @@ def minibatch_gradient_variance(
     sample variance over ``num_batches`` minibatch gradients (batches of ``batch_size`` drawn
     with replacement). With K batches each v_j is within ≈ ±√(2/(K − 1)) (25 % at K = 32); what
     the correction feeds into λ̂ is their sum over coordinates, which averages over them
-    (±12 % at K = 32 on the 8- and 50-parameter models of the tests) and is unbiased."""
+    and is unbiased."""
     if num_batches < 2:
         raise ValueError(f"num_batches must be >= 2 to estimate a variance, got {num_batches}")
     w = flat.w_star if w is None else w

@@ -40,6 +40,25 @@ def flat_hvp(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, position: torch.
     return op
 
 
+def finite_difference_hvp(
+    flat: FlatModel, x: torch.Tensor, y: torch.Tensor, position: torch.Tensor
+) -> HVP:
+    """v ↦ (∇L(w + hv) − ∇L(w − hv)) / 2h at w = ``position``, for unit-norm v: a central
+    difference of first derivatives, O(h²) accurate, with h = 10⁻³·(1 + ‖w‖/√d).
+
+    The fallback where the second-order autograd product is not finite although the gradient is
+    (a power w⁰ at w = 0 has a NaN second derivative in torch's formulas)."""
+    grad_fn = grad(lambda w: flat.loss(w, x, y))
+    w = position.detach()
+    h = 1e-3 * (1.0 + float(w.norm()) / max(w.numel(), 1) ** 0.5)
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(w.dtype)
+        return (grad_fn(w + h * v) - grad_fn(w - h * v)) / (2 * h)
+
+    return op
+
+
 def _subset(x, y, batch_size: int | None, seed: int):
     n = x.shape[0]
     if batch_size is None or batch_size >= n:

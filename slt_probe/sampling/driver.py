@@ -19,10 +19,11 @@ from slt_probe.sampling.functional import FlatModel
 from slt_probe.sampling.groups import ChainGroups, num_groups, splittable
 from slt_probe.sampling.kernel import Kernel, Potential, check_step_size
 
-_CHECK_EVERY = 25  # divergence is checked per block: cheap, and NaN cannot leak across chains
-# Blocks of chains on threads run these 25 steps without meeting: one barrier per 25 steps
-# instead of one per step (the MNIST MLP at 8 chains: ~0.8 of its ~8 ms step was the main
-# thread's serial work plus waiting for the slower block).
+#: Steps per chunk. Divergence is checked once per chunk (cheap, and NaN cannot leak across
+#: chains), and blocks of chains on threads step a whole chunk without meeting: one barrier per
+#: chunk instead of one per step, where the main thread's serial work and the wait for the
+#: slower block would otherwise take a large share of a step.
+_CHECK_EVERY = 25
 
 
 @dataclass
@@ -54,8 +55,8 @@ class NoiseStream:
     into one and the other, still holding the previous draw, becomes the average in place, so
     the scheme costs one extra pass per step and no copy.
 
-    On CPU ``randn`` is a single-threaded pass (≈ 2.4 ns a number here: 3.8 ms of a 12 ms step of
-    the 199k-parameter MLP at 8 chains). Large draws (``split``) therefore give every chain its
+    On CPU ``randn`` is a single-threaded pass, a sizeable share of a large model's step. Large
+    draws (``split``) therefore give every chain its
     own generator, so that blocks of chains can be drawn on different threads
     (:mod:`slt_probe.sampling.groups`); the numbers depend only on the seed and the shape, never
     on how the chains are grouped. Otherwise one generator draws the whole tensor in one call.

@@ -5,9 +5,8 @@ thread started beside them (to draw noise, say) runs at half speed; and ``randn`
 single-threaded whatever the thread count. For large draws the driver therefore gives each of T
 threads a contiguous block of chains and lets it do that block's whole step (gradient, noise,
 update) with one intra-op thread: every core works on its own chains, nothing spins, and the
-Gaussian draws run in parallel. On the 199k-parameter MNIST MLP at 8 chains on 2 cores: 580 →
-720 chain-steps/s in float32, 860 → 1,200 in bfloat16, against one block on two intra-op threads
-(interleaved runs).
+Gaussian draws run in parallel (``slt-probe bench speed`` compares it with one block on all
+intra-op threads).
 
 Small models keep one block: their step is Python dispatch, which threads would only contend for.
 So do models without the hand-batched Linear-stack gradient: the driver splits a step only when

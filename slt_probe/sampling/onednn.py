@@ -1,15 +1,16 @@
 """Float32 matrix products through oneDNN where they beat torch's BLAS.
 
 torch multiplies float32 matrices on CPU with MKL. On AMD processors MKL runs its AVX2 kernels
-even where the CPU has AVX-512: 106 GFLOP/s a core on this machine (Zen 5), half of what the
-core does. oneDNN, which torch also ships (its bf16 matmuls and inductor's fused linears run
-on it), picks kernels by instruction set, not vendor: its AVX-512 brgemm runs the MNIST MLP's
-products at 160–240 GFLOP/s a core, in the same float32 arithmetic (results agree to rounding).
+even where the CPU has AVX-512, about half of what the core does. oneDNN, which torch also
+ships (its bf16 matmuls and inductor's fused linears run on it), picks kernels by instruction
+set, not vendor, in the same float32 arithmetic (results agree to rounding). ``slt-probe bench
+speed`` reports both rates on the machine at hand.
 
 Its entry point, ``torch.ops.mkldnn._linear_pointwise``, is private. So it is used only where
 it exists, agrees with ``torch.mm`` on a test product, and is measured once per process to be
 faster than ``torch.mm`` by ``SPEEDUP_REQUIRED``: where the BLAS is as fast (MKL on Intel
-CPUs uses AVX-512; not measured here, no such machine) the BLAS stays. ``SLT_PROBE_ONEDNN=0``
+CPUs uses AVX-512) the BLAS stays. The choice is made by measurement on the machine, never by
+vendor. ``SLT_PROBE_ONEDNN=0``
 switches it off, ``=1`` skips the timing.
 """
 

@@ -9,7 +9,7 @@ MLPs and deep linear networks) the C chains can be written out directly:
 - every layer is one ``bmm`` over the chain dimension (plus a broadcast bias); the first layer's
   input minibatch, which all chains share, is broadcast over chains (stride 0). The weights are
   strided views of the ``[C, d]`` position: folding them into one wide ``[C·out, in]`` matmul
-  would copy them (5 MB, 0.7 ms a step on the MNIST MLP) for no faster product;
+  would copy the whole position every step for no faster product;
 - plain autograd differentiates ``Σ_c L_m(w_c)`` with respect to each parameter's ``[C, ...]``
   view of the position, which is the per-chain gradient (chain c's loss depends only on row c);
   the pieces are concatenated once into ``[C, d]``.
@@ -19,11 +19,10 @@ Only the loss function is vmapped (over chains), so any ``loss_fn(output, target
 vmap path in the tests.
 
 Where oneDNN multiplies float32 matrices faster than torch's BLAS
-(:mod:`slt_probe.sampling.onednn`: 2× on this AMD machine, whose MKL kernels are AVX2-only) and
-the layers are large enough for the products to dominate, the same plan runs chain by chain
-instead, every large Linear's forward and backward products through oneDNN (the MNIST MLP's
-4-chain gradient 1.6× faster on one core, measured). Batching over chains would need each
-layer's weights of all chains side by side, a copy of the whole position per step.
+(:mod:`slt_probe.sampling.onednn`, decided by measurement on the machine) and the layers are
+large enough for the products to dominate, the same plan runs chain by chain instead, every
+large Linear's forward and backward products through oneDNN. Batching over chains would need
+each layer's weights of all chains side by side, a copy of the whole position per step.
 """
 
 from __future__ import annotations
@@ -110,8 +109,8 @@ def split_rows(w: torch.Tensor, numels: list[int], shapes: list[torch.Size]) -> 
 class ChainLoss:
     """``loss_fn`` vmapped over chains: ``(out [C, B, ...], y) ↦ [C]``.
 
-    ``torch.func.vmap`` spends ~50 µs a call in Python (pytree flattening, in_dims checks) around
-    the few µs the loss itself takes, 7 % of a deep linear network's 8-chain step. With one
+    ``torch.func.vmap`` spends tens of µs a call in Python (pytree flattening, in_dims checks)
+    around the few µs the loss itself takes, a visible share of a small network's step. With one
     tensor in and one out, the same functorch primitives can be called directly (one batch
     level, chains on dim 0). They are private, so the lean call is checked against
     ``torch.func.vmap`` on the first call (values and gradients) and dropped for good if it is
