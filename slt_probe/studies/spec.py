@@ -226,9 +226,9 @@ def _parse_name(raw: dict, default: str | None) -> str:
     """The study name: it names the study in its storage and the folder ``runs/studies/<name>``,
     so it must be a safe folder name (``../x`` would write outside ``runs/studies``)."""
     name = raw.get("name", default)
-    where = "name" if "name" in raw else "name (default: the spec file's stem)"
+    where = "study spec field 'name'" + ("" if "name" in raw else " (the spec file's stem)")
     try:
-        return check_safe_name(name, f"study spec field {where!r}")
+        return check_safe_name(name, where)
     except ValueError as exc:
         raise StudySpecError(str(exc)) from None
 
