@@ -184,28 +184,27 @@ def _is_surplus(study: optuna.Study, trial_number: int, budget: int) -> bool:
     return trial_number in live and live.index(trial_number) >= budget
 
 
-def _next_step(study: optuna.Study, spec: StudySpec, max_failures: int) -> str:
-    """What a worker does next: ``"done"`` (budget met), ``"wait"`` (every slot taken) or
-    ``"run"``; raises when too many trials raised errors."""
+def _next_step(study: optuna.Study, spec: StudySpec, max_failures: int) -> tuple[str, int]:
+    """What a worker does next, and the budget: ``"done"`` (budget met), ``"wait"`` (every slot
+    taken) or ``"run"``; raises when too many trials raised errors."""
     _sweep_stale(study)
     budget = int(study.user_attrs.get(BUDGET_ATTR, spec.n_trials))
-    counts = state_counts(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = dict.fromkeys(TrialState, 0)
+    for t in trials:
+        counts[t.state] += 1
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     if done >= budget:
-        return "done"
-    errors = sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if "error" in t.user_attrs
-    )
+        return "done", budget
+    errors = sum(1 for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs)
     if errors >= max_failures:
         raise RuntimeError(
             f"study {spec.name!r}: {errors} trials raised errors "
             f"(max_failures = {max_failures}); see their 'error' user attrs"
         )
     if done + counts[TrialState.RUNNING] >= budget and counts[TrialState.WAITING] == 0:
-        return "wait"  # for the running trials to finish or be declared dead
-    return "run"
+        return "wait", budget  # for the running trials to finish or be declared dead
+    return "run", budget
 
 
 def join_study(
@@ -244,7 +243,10 @@ def join_study(
     objective = make_objective(spec, instance_dir(out_dir, instance_id(study)), progress=progress)
     max_failures = spec.max_failures or max(3, spec.n_trials)
     ran = 0
-    while (step := _next_step(study, spec, max_failures)) != "done":
+    while True:
+        step, budget = _next_step(study, spec, max_failures)
+        if step == "done":
+            return ran
         if step == "wait":
             time.sleep(poll_interval)
             continue
@@ -252,7 +254,6 @@ def join_study(
             # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        budget = int(study.user_attrs.get(BUDGET_ATTR, spec.n_trials))
         if _is_surplus(study, trial.number, budget):
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=TrialState.FAIL)
@@ -260,7 +261,6 @@ def join_study(
         state, _values = _run_one(study, trial, objective)
         if state in COUNTED:
             ran += 1
-    return ran
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective):
