@@ -31,6 +31,7 @@ users of the machine can read in ``ps`` and shell history).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import threading
@@ -151,15 +152,14 @@ class HeartbeatRDBStorage(RDBStorage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Trials this process has marked as beating; at worst a race marks one twice.
         self._marked: set[int] = set()
-        self._marked_lock = threading.Lock()
 
     def record_heartbeat(self, trial_id: int) -> None:
         super().record_heartbeat(trial_id)
-        with self._marked_lock:
-            if trial_id in self._marked:
-                return
-            self._marked.add(trial_id)
+        if trial_id in self._marked:
+            return
+        self._marked.add(trial_id)
         try:
             self.set_trial_system_attr(trial_id, BEATING_ATTR, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -229,11 +229,8 @@ def _with_postgres_driver(url: str) -> str:
     ``postgresql+psycopg2://`` for tools that do not do this rewrite.
     """
     for bare in ("postgresql://", "postgres://"):
-        if url.startswith(bare):
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                return "postgresql+psycopg2://" + url[len(bare) :]
+        if url.startswith(bare) and importlib.util.find_spec("psycopg") is None:
+            return "postgresql+psycopg2://" + url[len(bare) :]
     return url
 
 
