@@ -69,10 +69,11 @@ def test_two_workers_share_embedded_journal(tmp_path):
     spec = parse_study_spec(raw_spec(6, 0.05))
     run_study(spec, workers=2, out_dir=tmp_path)
     trials = check_budget_met(load(str(tmp_path / "study.journal")), 6, tmp_path)
-    assert not [t for t in trials if t.state == TrialState.FAIL]
+    # no failures but a trial given back unrun when both workers took the last slot at once
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
     # both worker processes ran trials (each trial takes ≥ 0.5 s, far longer than a start-up gap)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2
-    assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
+    pids = {t.user_attrs["pid"] for t in trials if t.state != TrialState.FAIL}
+    assert len(pids) == 2 and os.getpid() not in pids
 
 
 # ---------------------------------------------------------------- PostgreSQL on loopback
@@ -88,7 +89,8 @@ def test_two_workers_share_postgres(postgres_url, tmp_path):
     run_study(spec, workers=2, out_dir=tmp_path, storage=postgres_url)
     study = load(postgres_url, "par_pg")
     trials = check_budget_met(study, 6, tmp_path)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    # (a trial given back as surplus, after losing the race for the last slot, has no pid)
+    assert len({t.user_attrs["pid"] for t in trials if "pid" in t.user_attrs}) == 2
     # nothing was written to an embedded journal: the database holds the study
     assert not (tmp_path / "study.journal").exists()
 
