@@ -17,6 +17,8 @@ from optuna.trial import TrialState
 
 from slt_probe.cli import main
 from slt_probe.files import FolderLock, read_jsonl
+from slt_probe.runs import run_spec
+from slt_probe.runs.rundir import RunDir
 from slt_probe.studies import (
     StorageError,
     StudySpecError,
@@ -28,6 +30,7 @@ from slt_probe.studies import (
     redact_url,
     run_study,
 )
+from slt_probe.studies.spec import resolve_model_spec
 from slt_probe.studies.storage import HEARTBEAT_ATTR, STORAGE_ENV
 from slt_probe.studies.study import _create_or_load
 from slt_probe.studies.synthetic import synthetic_run
@@ -114,9 +117,10 @@ def test_a_run_dir_named_by_the_storage_outside_the_study_is_never_touched(tmp_p
 
 
 def _dead_trial(spec, out: Path, storage: str, fill) -> tuple[optuna.Study, Path]:
-    """Make trial 0 look like one whose worker was SIGKILLed: RUNNING, no heartbeat, its run
+    """Make trial 0 (α = 2) look like one whose worker was SIGKILLed: RUNNING, no heartbeat, its run
     directory in whatever state ``fill(run_dir)`` leaves it; then wait out the grace period."""
     study = open_study(spec, storage=storage, out_dir=out)
+    study.enqueue_trial({"alpha": 2.0})
     with warnings.catch_warnings():  # "heartbeats are meant for Study.optimize"
         warnings.simplefilter("ignore", UserWarning)
         trial = study.ask()
@@ -316,3 +320,53 @@ def test_an_instance_id_from_the_storage_must_be_a_safe_name(tmp_path):
     study.set_user_attr("instance", "../../etc")
     with pytest.raises(ValueError, match="study user attribute 'instance'"):
         open_study(spec, out_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- the real runner
+
+
+DLN_FIXED = {
+    "train.steps": 200, "train.eval_every": 20, "train.checkpoint_every": 50,
+    "train.batch_size": 50, "train.threads": 1, "data.n_train": 500, "data.n_test": 100,
+    "probe.enabled": False,
+}  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_a_retried_training_run_resumes_from_a_copy_of_its_checkpoints(tmp_path):
+    """``run_spec`` as the runner: a trial killed after its step-100 checkpoint is retried in its
+    own directory from a copy of the dead one, and ends with the rows of an uninterrupted run."""
+    out = tmp_path / "out"
+    spec = parse_study_spec(
+        raw_spec(
+            spec="dln.toml",
+            runner="slt_probe.runs:run_spec",
+            n_trials=1,
+            fixed=DLN_FIXED,
+            objectives=[{"metric": "final_test_loss"}],
+        )  # fmt: skip
+    )
+    overrides = {**DLN_FIXED, "model.init_scale": 2.0}
+
+    def killed_after_step_100(run_dir: Path) -> None:
+        def stop(step, row):
+            if step == 120:
+                raise KeyboardInterrupt  # stands in for the kill
+
+        with pytest.raises(KeyboardInterrupt):
+            run_spec(str(resolve_model_spec(spec)), overrides=overrides, out_dir=run_dir.parent,
+                     name="0", on_eval=stop, progress=False, report=False)  # fmt: skip
+
+    study, dead_dir = _dead_trial(spec, out, str(out / "study.journal"), killed_after_step_100)
+    assert RunDir(dead_dir).list_checkpoints()
+    join_study(spec, out_dir=out)
+    (retry,) = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert retry.user_attrs["start"] == "resumed" and retry.params == {"alpha": 2.0}
+    new_dir = Path(retry.user_attrs["run_dir"])
+    run_spec(str(resolve_model_spec(spec)), overrides=overrides, out_dir=tmp_path / "ref",
+             name="ref", progress=False, report=False)  # fmt: skip
+    rows = list(read_jsonl(new_dir / "metrics.jsonl"))
+    ref = list(read_jsonl(tmp_path / "ref" / "ref" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [r["step"] for r in ref] == list(range(0, 201, 20))
+    for key in ("train_loss", "test_loss"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-6)
