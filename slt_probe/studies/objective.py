@@ -2,10 +2,11 @@
 
 The run goes through the spec's runner (``slt_probe.runs.run_spec`` by default) with its own run
 directory ``<out_dir>/trials/<instance>/<number>`` (``trials.py``: the folder belongs to this
-study instance; a retried trial gets a fresh one, seeded from its dead original's when it can). While it trains, every evaluation reports the test
-accuracy to Optuna (``trial.report``) so the pruner can stop it early: the reported value is the
-test accuracy when the study maximises and the test error 1 − accuracy when it minimises, because
-Optuna's pruners read intermediate values in the study's direction. A pruned run stops through
+study instance; a retried trial gets a fresh one, seeded from its dead original's when it can).
+While it trains, every evaluation reports the test accuracy to Optuna (``trial.report``) so the
+pruner can stop it early: the reported value is the test accuracy when the study maximises and
+the test error 1 − accuracy when it minimises, because Optuna's pruners read intermediate values
+in the study's direction. A pruned run stops through
 ``optuna.TrialPruned`` raised from ``on_eval``, which leaves its run directory "partial".
 
 After the run the trial carries user attributes linking it to its outputs: ``run_dir``,

@@ -152,18 +152,20 @@ class HeartbeatRDBStorage(RDBStorage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Trials this process has marked as beating; at worst a race marks one twice.
+        # Trials this process has marked as beating (a race at worst marks one twice).
         self._marked: set[int] = set()
 
     def record_heartbeat(self, trial_id: int) -> None:
         super().record_heartbeat(trial_id)
         if trial_id in self._marked:
             return
-        self._marked.add(trial_id)
         try:
             self.set_trial_system_attr(trial_id, BEATING_ATTR, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished (or failed by another worker) meanwhile
+        # Only once the mark is written: a failed write is retried at the next beat, so a live
+        # trial is never left looking like one that never beat.
+        self._marked.add(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
