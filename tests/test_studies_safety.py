@@ -95,15 +95,22 @@ def test_the_cli_refuses_an_unsafe_study_name_before_writing(tmp_path, monkeypat
     assert tree(tmp_path) == ["s.toml"]
 
 
-def test_a_run_dir_named_by_the_storage_outside_the_study_is_never_touched(tmp_path):
+@pytest.mark.parametrize("via", ["path", "link"])
+def test_a_run_dir_named_by_the_storage_outside_the_study_is_never_touched(tmp_path, via):
     """A retry inherits its dead trial's ``run_dir`` from the storage: pointing it at another
-    folder (here, another study's trial) must neither copy nor delete that folder."""
+    folder (here, another study's trial), directly or through a link planted in this study's
+    folder, must neither copy nor delete that folder."""
     other = tmp_path / "elsewhere" / "0"
     synthetic_run(overrides={"train.steps": 300}, out_dir=other.parent, name="0")
     before = {p: p.read_bytes() for p in other.iterdir() if p.is_file()}
     spec = parse_study_spec(raw_spec(n_trials=1))
     study = open_study(spec, out_dir=tmp_path / "out")
-    study.enqueue_trial({"alpha": 2.0}, user_attrs={"run_dir": str(other)})
+    named = other
+    if via == "link":
+        named = tmp_path / "out" / "trials" / study.user_attrs["instance"] / "7"
+        named.parent.mkdir(parents=True)
+        named.symlink_to(other, target_is_directory=True)
+    study.enqueue_trial({"alpha": 2.0}, user_attrs={"run_dir": str(named)})
     storage = study._storage
     waiting = study.get_trials(states=(TrialState.WAITING,))[0]
     storage.set_trial_system_attr(waiting._trial_id, "failed_trial", 99)

@@ -99,7 +99,8 @@ def _own_previous(previous: object, trials_dir: Path) -> Path | None:
         check_safe_name(path.name, "trial run name")
     except ValueError:
         return None
-    if path.parent.resolve() != trials_dir.resolve() or not path.is_dir():
+    # A link could lead out of the folder even from inside it.
+    if path.is_symlink() or path.parent.resolve() != trials_dir.resolve() or not path.is_dir():
         return None
     return path
 
