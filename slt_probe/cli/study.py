@@ -11,8 +11,9 @@ machines. A URL carrying a password is better given in the environment variable
 ``SLT_PROBE_STORAGE`` than as ``--storage`` (a command line is visible to other users in ``ps``);
 ``--storage`` wins when both are set. Watch a study with ``optuna-dashboard <storage>``.
 
-The HTML report is written here, after the study run returns: the study code does not call the
-report writers (they sit in the layer below this one and above the studies).
+The HTML report is written here, after the study run returns, from the ``optuna.Study`` it
+returns: running a study never depends on rendering one, and the reports package, which reads
+studies, is never called back from them (that made a studies ↔ reports import cycle).
 """
 
 from __future__ import annotations

@@ -329,8 +329,8 @@ def run_study(
 
     Other hosts may join at any time with ``join_study`` on the same (database) storage.
     Writes ``<out_dir>/study.json`` (trial table + best trials) at the end. The HTML report is
-    the caller's to write (``slt-probe study run --report`` does, with ``slt_probe.reports``):
-    studies sit below nothing but the command line and the benchmarks.
+    the caller's to write from the returned study (``slt-probe study run --report`` does, with
+    ``slt_probe.reports``), so that running a study never depends on rendering one.
     """
     spec = _as_spec(spec)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
