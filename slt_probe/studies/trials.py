@@ -24,6 +24,9 @@ is decided by :func:`prepare_retry`, deterministically from what is on disk:
    directory, which the runner then resumes ("resumed"); otherwise, e.g. a trial killed during
    its step-0 probe that left only ``config.json``, the dead directory is removed and the retry
    starts from scratch ("restarted").
+
+A superseded writer that finishes later cannot record its result: the storage already holds its
+trial as FAIL, so only the retry's result counts.
 """
 
 from __future__ import annotations
