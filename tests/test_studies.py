@@ -63,6 +63,9 @@ def base_raw(**kw) -> dict:
         ({"pruner": {"type": "median"},
           "objectives": [{"metric": "final_test_acc"}, {"metric": "final_llc"}]}, "pruner.type"),
         ({"storage": {"heartbeat_interval": 10, "grace_period": 5}}, "storage.grace_period"),
+        # 0 used to be read as "unset" and silently became the default of 10 s
+        ({"storage": {"heartbeat_interval": 0}}, "storage.heartbeat_interval"),
+        ({"name": "../x"}, "name"),
         ({"fixed": {"model.init_scale": 3}}, "fixed"),
         ({"bogus": 1}, "bogus"),
     ],
