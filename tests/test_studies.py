@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from slt_probe.cli import main
 from slt_probe.studies import StudySpecError, load_study_spec, parse_study_spec, run_study
 from slt_probe.studies.objective import generalisation_step, objective_values, run_outcome
 from slt_probe.studies.synthetic import generalisation_midpoint, llc_curve, synthetic_run
@@ -62,6 +63,9 @@ def base_raw(**kw) -> dict:
         ({"pruner": {"type": "median"},
           "objectives": [{"metric": "final_test_acc"}, {"metric": "final_llc"}]}, "pruner.type"),
         ({"storage": {"heartbeat_interval": 10, "grace_period": 5}}, "storage.grace_period"),
+        # 0 used to be read as "unset" and silently became the default of 10 s
+        ({"storage": {"heartbeat_interval": 0}}, "storage.heartbeat_interval"),
+        ({"name": "../x"}, "name"),
         ({"fixed": {"model.init_scale": 3}}, "fixed"),
         ({"bogus": 1}, "bogus"),
     ],
@@ -150,7 +154,8 @@ def test_tiny_study_in_process(tmp_path):
     for t in trials:
         alpha = t.params["alpha"]
         run_dir = Path(t.user_attrs["run_dir"])
-        assert run_dir == (tmp_path / "trials" / str(t.number)).resolve()
+        instance = study.user_attrs["instance"]
+        assert run_dir == (tmp_path / "trials" / instance / str(t.number)).resolve()
         assert (run_dir / "summary.json").exists()
         # the value is the synthetic model's first crossing of 0.8 (or censored at 3000)
         t_g = generalisation_midpoint(alpha, 0.01)
@@ -229,8 +234,6 @@ def test_failing_trials_are_recorded_and_bounded(tmp_path):
 
 
 def test_cli_study_run(tmp_path, capsys):
-    from slt_probe.cli import main
-
     toml = tmp_path / "s.toml"
     toml.write_text(
         f'spec = "x.toml"\nrunner = "{SYNTH}"\nn_trials = 3\n'
@@ -247,6 +250,7 @@ def test_cli_study_run(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(Path(rep + "2") / "index.html")
     summary = json.loads((tmp_path / "o" / "study.json").read_text())
     assert summary["counts"] == {"COMPLETE": 4}
-    assert len(list((tmp_path / "o" / "trials").iterdir())) == 4
+    (instance,) = (tmp_path / "o" / "trials").iterdir()  # one study instance, four trials
+    assert sorted(p.name for p in instance.iterdir()) == ["0", "1", "2", "3"]
     with pytest.raises(SystemExit):
         main(["study", "run"])  # the spec is required

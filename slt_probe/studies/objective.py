@@ -1,15 +1,18 @@
 """One trial = one full training run: parameters → run-spec overrides → run → objective values.
 
 The run goes through the spec's runner (``slt_probe.runs.run_spec`` by default) with its own run
-directory ``<out_dir>/trials/<number>``. While it trains, every evaluation reports the test
-accuracy to Optuna (``trial.report``) so the pruner can stop it early: the reported value is the
-test accuracy when the study maximises and the test error 1 − accuracy when it minimises, because
-Optuna's pruners read intermediate values in the study's direction. A pruned run stops through
+directory ``<out_dir>/trials/<instance>/<number>`` (``trials.py``: the folder belongs to this
+study instance; a retried trial gets a fresh one, seeded from its dead original's when it can).
+While it trains, every evaluation reports the test accuracy to Optuna (``trial.report``) so the
+pruner can stop it early: the reported value is the test accuracy when the study maximises and
+the test error 1 − accuracy when it minimises, because Optuna's pruners read intermediate values
+in the study's direction. A pruned run stops through
 ``optuna.TrialPruned`` raised from ``on_eval``, which leaves its run directory "partial".
 
 After the run the trial carries user attributes linking it to its outputs: ``run_dir``,
 ``generalisation_step``, ``final_test_acc``, ``final_llc``, ``llc_peak``, ``lag_steps``,
-``report``, ``status``, ``steps_done``, ``host``, ``pid``.
+``report``, ``status``, ``steps_done``, ``host``, ``pid``, and ``start`` (``"new"``, or for a
+retry ``"resumed"``, ``"restarted"`` or ``"superseded"``: see ``trials.prepare_retry``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from typing import Any
 
 import optuna
 
+from slt_probe.files import check_safe_name, read_jsonl
+from slt_probe.runs.spec import load_spec
+from slt_probe.studies.space import suggest_overrides
 from slt_probe.studies.spec import DEFAULT_RUNNER, STEP_METRICS, StudySpec, resolve_model_spec
+from slt_probe.studies.trials import prepare_retry
 
 #: Test accuracy that counts as "generalised" for the ``generalisation_step`` user attribute when
 #: no objective sets its own threshold.
@@ -48,45 +55,14 @@ def _total_steps(runner_name: str, model_spec, overrides: dict) -> int | None:
         return int(overrides["train.steps"])
     if runner_name != DEFAULT_RUNNER:
         return None
-    from slt_probe.runs.spec import load_spec
-
     try:
         return int(load_spec(model_spec, overrides)["train"]["steps"])
     except Exception:  # an invalid spec fails in the runner itself, with its own message
         return None
 
 
-def suggest_overrides(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """Sample every searched parameter and map it onto its run-spec key (fixed ones included)."""
-    overrides = dict(spec.fixed)
-    for p in spec.params:
-        if p.type == "categorical":
-            value = trial.suggest_categorical(p.name, list(p.choices))
-        elif p.type == "int":
-            value = trial.suggest_int(
-                p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
-            )
-        else:
-            value = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
-        overrides[p.target] = value
-    return overrides
-
-
 def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        from slt_probe.files import read_jsonl
-    except ImportError:  # the probe package is not there yet: same format, read it here
-        read_jsonl = None
-    if read_jsonl is not None:
-        return list(read_jsonl(path)) if path.exists() else []
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    return list(read_jsonl(path))
 
 
 def _finite(x) -> float | None:
@@ -165,77 +141,88 @@ def objective_values(spec: StudySpec, outcome: dict[str, Any]) -> list[float]:
     return values
 
 
-def make_objective(spec: StudySpec, out_dir: Path, *, progress: bool = False):
-    """The Optuna objective ``f(trial) -> value(s)`` running one training run per trial."""
-    runner_name = spec.runner
-    runner = load_runner(runner_name)
-    if runner_name == DEFAULT_RUNNER:
-        model_spec: Any = str(resolve_model_spec(spec))
-    else:  # a custom runner may interpret the spec itself
-        try:
-            model_spec = str(resolve_model_spec(spec))
-        except ValueError:
-            model_spec = spec.model_spec
+#: User attributes copied from a trial's run directory after its run, pruned or failed included.
+OUTCOME_ATTRS = (
+    "run_dir", "generalisation_step", "final_test_acc", "final_llc", "llc_peak", "lag_steps",
+    "report", "status", "steps_done",
+)  # fmt: skip
+
+
+def _model_spec_arg(spec: StudySpec) -> Any:
+    """What the runner gets as its spec: the resolved model spec path; a custom runner may
+    instead interpret a spec name that is no file."""
+    if spec.runner == DEFAULT_RUNNER:
+        return str(resolve_model_spec(spec))
+    try:
+        return str(resolve_model_spec(spec))
+    except ValueError:
+        return spec.model_spec
+
+
+def _start_trial(trial: optuna.Trial, trials_dir: Path, overrides: dict) -> tuple[str, bool]:
+    """Name the trial's run directory, set it up (a retry may resume its dead original's run),
+    record the links; return ``(run name, resume)``."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    name = check_safe_name(str(trial.number), "trial run name")
+    run_dir = trials_dir / name
+    start = "new"
+    if frozen.system_attrs.get("failed_trial") is not None:
+        start = prepare_retry(run_dir, frozen.user_attrs.get("run_dir"))
+    trial.set_user_attr("run_dir", str(run_dir.resolve()))
+    trial.set_user_attr("start", start)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("overrides", overrides)
+    return name, start == "resumed"
+
+
+def _pruning_hook(trial: optuna.Trial, spec: StudySpec, last_step: int | None):
+    """``on_eval(step, metrics)`` reporting the test accuracy (or error) to Optuna and raising
+    ``optuna.TrialPruned`` when the pruner says so."""
+    maximize = spec.objectives[0].direction == "maximize"
+
+    def on_eval(step: int, metrics: dict) -> None:
+        acc = _finite(metrics.get("test_acc"))
+        if spec.multi_objective or acc is None:
+            return
+        trial.report(acc if maximize else 1.0 - acc, int(step))
+        # At the last step the run is done: pruning it then would only discard its result.
+        if last_step is not None and step >= last_step:
+            return
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: test_acc {acc:.3f}")
+
+    return on_eval
+
+
+def make_objective(spec: StudySpec, trials_dir: Path, *, progress: bool = False):
+    """The Optuna objective ``f(trial) -> value(s)`` running one training run per trial, each in
+    its own directory under ``trials_dir`` (this study instance's folder, ``trials.py``)."""
+    runner = load_runner(spec.runner)
+    model_spec = _model_spec_arg(spec)
     thresholds = [o.threshold for o in spec.objectives if o.threshold is not None]
     threshold = thresholds[0] if thresholds else DEFAULT_THRESHOLD
-    maximize = spec.objectives[0].direction == "maximize"
-    trials_dir = Path(out_dir) / "trials"
+    trials_dir = Path(trials_dir)
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    # The study report renders every trial's run report itself (under the study's report),
+    # so trial runs do not write theirs into the top-level reports/ folder.
+    extra = {"report": False} if spec.runner == DEFAULT_RUNNER else {}
 
     def objective(trial: optuna.Trial):
-        overrides = suggest_overrides(trial, spec)
-        # A trial re-queued after its worker died continues that worker's run directory.
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        original = frozen.system_attrs.get("failed_trial")
-        name = str(original if original is not None else trial.number)
-        run_dir = trial_dir = trials_dir / name
-        resume = original is not None and (trial_dir / "summary.json").exists()
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("overrides", overrides)
-
-        last_step = _total_steps(runner_name, model_spec, overrides)
-
-        def on_eval(step: int, metrics: dict) -> None:
-            acc = _finite(metrics.get("test_acc"))
-            if spec.multi_objective or acc is None:
-                return
-            trial.report(acc if maximize else 1.0 - acc, int(step))
-            # At the last step the run is done: pruning it then would only discard its result.
-            if last_step is not None and step >= last_step:
-                return
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}: test_acc {acc:.3f}")
-
-        # The study report renders every trial's run report itself (under the study's report),
-        # so trial runs do not write theirs into the top-level reports/ folder.
-        extra = {"report": False} if runner_name == DEFAULT_RUNNER else {}
+        overrides = suggest_overrides(trial, spec.params, spec.fixed)
+        name, resume = _start_trial(trial, trials_dir, overrides)
+        run_dir = trials_dir / name
+        on_eval = _pruning_hook(trial, spec, _total_steps(spec.runner, model_spec, overrides))
         try:
             runner(
-                model_spec,
-                overrides=overrides,
-                out_dir=str(trials_dir),
-                name=name,
-                resume=resume,
-                on_eval=on_eval,
-                progress=progress,
-                **extra,
-            )
+                model_spec, overrides=overrides, out_dir=str(trials_dir), name=name,
+                resume=resume, on_eval=on_eval, progress=progress, **extra,
+            )  # fmt: skip
         finally:
             # Pruned or failed runs still get their links and numbers.
             if run_dir.exists():
                 outcome = run_outcome(run_dir, threshold)
-                for key in (
-                    "run_dir",
-                    "generalisation_step",
-                    "final_test_acc",
-                    "final_llc",
-                    "llc_peak",
-                    "lag_steps",
-                    "report",
-                    "status",
-                    "steps_done",
-                ):
+                for key in OUTCOME_ATTRS:
                     trial.set_user_attr(key, outcome[key])
         values = objective_values(spec, run_outcome(run_dir, threshold))
         return values if spec.multi_objective else values[0]

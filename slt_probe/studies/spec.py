@@ -4,7 +4,8 @@ A study spec names a model spec (a ``models/*.toml`` run spec), the overrides ev
 the search space (each parameter mapped onto one dotted run-spec override key), the objectives,
 the Optuna sampler and pruner, the trial budget and the fault-tolerance settings::
 
-    name = "omnigrok_alpha"            # study name in the storage (default: the file's stem)
+    name = "omnigrok_alpha"            # study name in the storage (default: the file's stem);
+                                       # letters, digits, "._-" only: it names a folder
     spec = "omnigrok_mnist.toml"       # model spec, relative to the repo's models/ folder
     n_trials = 8                       # budget: COMPLETE + PRUNED trials
     seed = 0
@@ -46,12 +47,20 @@ Every field is checked on load; a bad one raises :class:`StudySpecError` naming 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slt_probe.files import TOMLDecodeError, load_toml
+from slt_probe.files import TOMLDecodeError, check_safe_name, load_toml
+from slt_probe.studies.space import (
+    ParamSpec,
+    StudySpecError,
+    flatten_overrides,
+    grid_size,
+    number_field,
+    parse_param,
+    spec_error,
+)
 
 #: Objective metrics a trial can be scored on, with their natural direction.
 #:
@@ -82,27 +91,7 @@ STEP_METRICS = ("generalisation_step", "generalisation_midpoint")
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
-PARAM_TYPES = ("float", "int", "categorical")
 DEFAULT_RUNNER = "slt_probe.runs:run_spec"
-
-
-class StudySpecError(ValueError):
-    """A study spec field is missing or invalid; the message names the field."""
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched parameter: its Optuna distribution and the run-spec key it overrides."""
-
-    name: str
-    type: str
-    target: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple = ()
-    grid: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -145,119 +134,30 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as a study user attribute)."""
-        from dataclasses import asdict
-
         return asdict(self)
-
-
-def _err(field_name: str, problem: str) -> StudySpecError:
-    return StudySpecError(f"study spec field {field_name!r}: {problem}")
-
-
-def _number(raw: dict, key: str, where: str, *, integer: bool = False, required: bool = True):
-    if key not in raw:
-        if required:
-            raise _err(f"{where}.{key}", "is required")
-        return None
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _err(f"{where}.{key}", f"must be a number, got {value!r}")
-    if integer and int(value) != value:
-        raise _err(f"{where}.{key}", f"must be an integer, got {value!r}")
-    if not math.isfinite(value):
-        raise _err(f"{where}.{key}", f"must be finite, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def flatten_overrides(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"steps": 3}, "model.width": 4}`` → ``{"train.steps": 3, "model.width": 4}``."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_overrides(value, full + "."))
-        else:
-            out[full] = value
-    return out
-
-
-def _parse_param(name: str, raw: Any) -> ParamSpec:
-    where = f"space.{name}"
-    if not isinstance(raw, dict):
-        raise _err(where, "must be a table with type/low/high/target (or choices)")
-    known = {"type", "low", "high", "log", "step", "choices", "target", "grid"}
-    extra = set(raw) - known
-    if extra:
-        raise _err(where, f"unknown keys {sorted(extra)}; allowed: {sorted(known)}")
-    ptype = raw.get("type", "float")
-    if ptype not in PARAM_TYPES:
-        raise _err(f"{where}.type", f"must be one of {PARAM_TYPES}, got {ptype!r}")
-    target = raw.get("target")
-    if not isinstance(target, str) or not target:
-        raise _err(f"{where}.target", "is required: the dotted run-spec key to override")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise _err(f"{where}.log", f"must be true or false, got {log!r}")
-    grid = raw.get("grid")
-    if grid is not None and (not isinstance(grid, list) or not grid):
-        raise _err(f"{where}.grid", "must be a non-empty list of values")
-    if ptype == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _err(f"{where}.choices", "a categorical parameter needs a non-empty list")
-        for c in choices:
-            if not (c is None or isinstance(c, (bool, int, float, str))):
-                raise _err(f"{where}.choices", f"values must be scalars, got {c!r}")
-        if grid is not None and any(g not in choices for g in grid):
-            raise _err(f"{where}.grid", "every grid value must be one of the choices")
-        return ParamSpec(
-            name, ptype, target, choices=tuple(choices), grid=tuple(grid) if grid else None
-        )
-    integer = ptype == "int"
-    low = _number(raw, "low", where, integer=integer)
-    high = _number(raw, "high", where, integer=integer)
-    if not low < high:
-        raise _err(f"{where}.low", f"must be below high ({low} ≥ {high})")
-    if log and low <= 0:
-        raise _err(f"{where}.low", "must be > 0 for a log-scaled parameter")
-    step = _number(raw, "step", where, integer=integer, required=False)
-    if step is not None and (step <= 0 or log):
-        raise _err(f"{where}.step", "must be > 0 and cannot be combined with log = true")
-    if grid is not None:
-        for g in grid:
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not low <= g <= high:
-                raise _err(f"{where}.grid", f"value {g!r} is not a number in [{low}, {high}]")
-    return ParamSpec(
-        name,
-        ptype,
-        target,
-        low=low,
-        high=high,
-        log=log,
-        step=step,
-        grid=tuple(grid) if grid else None,
-    )
 
 
 def _parse_objective(i: int, raw: Any) -> ObjectiveSpec:
     where = f"objectives[{i}]"
     if not isinstance(raw, dict):
-        raise _err(where, "must be a table with metric and direction")
+        raise spec_error(where, "must be a table with metric and direction")
     extra = set(raw) - {"metric", "direction", "threshold", "censored_value"}
     if extra:
-        raise _err(where, f"unknown keys {sorted(extra)}")
+        raise spec_error(where, f"unknown keys {sorted(extra)}")
     metric = raw.get("metric")
     if metric not in METRICS:
-        raise _err(f"{where}.metric", f"must be one of {sorted(METRICS)}, got {metric!r}")
+        raise spec_error(f"{where}.metric", f"must be one of {sorted(METRICS)}, got {metric!r}")
     direction = raw.get("direction", METRICS[metric])
     if direction not in ("minimize", "maximize"):
-        raise _err(f"{where}.direction", f"must be 'minimize' or 'maximize', got {direction!r}")
-    threshold = _number(raw, "threshold", where, required=metric == "generalisation_step")
+        raise spec_error(
+            f"{where}.direction", f"must be 'minimize' or 'maximize', got {direction!r}"
+        )
+    threshold = number_field(raw, "threshold", where, required=metric == "generalisation_step")
     if threshold is not None and not 0 < threshold <= 1:
-        raise _err(f"{where}.threshold", f"is a test accuracy in (0, 1], got {threshold}")
-    censored = _number(raw, "censored_value", where, required=False)
+        raise spec_error(f"{where}.threshold", f"is a test accuracy in (0, 1], got {threshold}")
+    censored = number_field(raw, "censored_value", where, required=False)
     if censored is not None and metric not in STEP_METRICS:
-        raise _err(f"{where}.censored_value", f"only applies to {STEP_METRICS}")
+        raise spec_error(f"{where}.censored_value", f"only applies to {STEP_METRICS}")
     return ObjectiveSpec(metric, direction, threshold, censored)
 
 
@@ -265,28 +165,28 @@ def _parse_sampler(raw: Any, params: tuple[ParamSpec, ...]) -> dict[str, Any]:
     if raw is None:
         return {"type": "tpe"}
     if not isinstance(raw, dict):
-        raise _err("sampler", "must be a table")
+        raise spec_error("sampler", "must be a table")
     stype = raw.get("type", "tpe")
     if stype not in SAMPLERS:
-        raise _err("sampler.type", f"must be one of {SAMPLERS}, got {stype!r}")
+        raise spec_error("sampler.type", f"must be one of {SAMPLERS}, got {stype!r}")
     allowed = {"type", "n_startup_trials", "constant_liar"} if stype == "tpe" else {"type"}
     extra = set(raw) - allowed
     if extra:
-        raise _err("sampler", f"unknown keys {sorted(extra)} for sampler type {stype!r}")
+        raise spec_error("sampler", f"unknown keys {sorted(extra)} for sampler type {stype!r}")
     out = {"type": stype}
     if "n_startup_trials" in raw:
-        n = _number(raw, "n_startup_trials", "sampler", integer=True)
+        n = number_field(raw, "n_startup_trials", "sampler", integer=True)
         if n < 0:
-            raise _err("sampler.n_startup_trials", "must be ≥ 0")
+            raise spec_error("sampler.n_startup_trials", "must be ≥ 0")
         out["n_startup_trials"] = n
     if "constant_liar" in raw:
         if not isinstance(raw["constant_liar"], bool):
-            raise _err("sampler.constant_liar", "must be true or false")
+            raise spec_error("sampler.constant_liar", "must be true or false")
         out["constant_liar"] = raw["constant_liar"]
     if stype == "grid":
         for p in params:
             if p.grid is None and p.type != "categorical":
-                raise _err(f"space.{p.name}.grid", "a grid sampler needs a grid list here")
+                raise spec_error(f"space.{p.name}.grid", "a grid sampler needs a grid list here")
     return out
 
 
@@ -294,147 +194,162 @@ def _parse_pruner(raw: Any, multi: bool) -> dict[str, Any]:
     if raw is None:
         return {"type": "none"} if multi else {"type": "median"}
     if not isinstance(raw, dict):
-        raise _err("pruner", "must be a table")
+        raise spec_error("pruner", "must be a table")
     ptype = raw.get("type", "median")
     if ptype not in PRUNERS:
-        raise _err("pruner.type", f"must be one of {PRUNERS}, got {ptype!r}")
+        raise spec_error("pruner.type", f"must be one of {PRUNERS}, got {ptype!r}")
     if ptype != "none" and multi:
-        raise _err("pruner.type", "Optuna cannot prune multi-objective studies; use 'none'")
+        raise spec_error("pruner.type", "Optuna cannot prune multi-objective studies; use 'none'")
     allowed = {"type", "n_startup_trials", "n_warmup_steps", "interval_steps"}
     extra = set(raw) - allowed
     if extra:
-        raise _err("pruner", f"unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+        raise spec_error("pruner", f"unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
     out: dict[str, Any] = {"type": ptype}
     for key in sorted(allowed - {"type"}):
         if key in raw:
-            v = _number(raw, key, "pruner", integer=True)
+            v = number_field(raw, key, "pruner", integer=True)
             if v < (1 if key == "interval_steps" else 0):
-                raise _err(f"pruner.{key}", f"out of range: {v}")
+                raise spec_error(f"pruner.{key}", f"out of range: {v}")
             out[key] = v
     return out
+
+
+KNOWN_FIELDS = frozenset(
+    {
+        "name", "spec", "n_trials", "seed", "fixed", "probe", "space", "objectives", "sampler",
+        "pruner", "storage", "max_failures", "runner", "description",
+    }
+)  # fmt: skip
+
+
+def _parse_name(raw: dict, default: str | None) -> str:
+    """The study name: it names the study in its storage and the folder ``runs/studies/<name>``,
+    so it must be a safe folder name (``../x`` would write outside ``runs/studies``)."""
+    name = raw.get("name", default)
+    where = "study spec field 'name'" + ("" if "name" in raw else " (the spec file's stem)")
+    try:
+        return check_safe_name(name, where)
+    except ValueError as exc:
+        raise StudySpecError(str(exc)) from None
+
+
+def _parse_space(raw: dict) -> tuple[tuple[ParamSpec, ...], dict[str, Any]]:
+    """The searched parameters and the fixed overrides (``[fixed]`` plus ``[probe]``)."""
+    fixed = raw.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise spec_error("fixed", "must be a table of run-spec overrides")
+    fixed = flatten_overrides(fixed)
+    probe = raw.get("probe", {})
+    if not isinstance(probe, dict):
+        raise spec_error("probe", "must be a table of probe settings")
+    fixed.update(flatten_overrides(probe, "probe."))
+    space = raw.get("space")
+    if not isinstance(space, dict) or not space:
+        raise spec_error("space", "must define at least one parameter table ([space.<name>])")
+    params = tuple(parse_param(k, v) for k, v in space.items())
+    targets = [p.target for p in params]
+    dup = {t for t in targets if targets.count(t) > 1}
+    if dup:
+        raise spec_error("space", f"several parameters override the same key {sorted(dup)}")
+    clash = set(targets) & set(fixed)
+    if clash:
+        raise spec_error("fixed", f"keys {sorted(clash)} are also searched in [space]")
+    return params, fixed
+
+
+def _parse_objectives(raw: dict) -> tuple[ObjectiveSpec, ...]:
+    objectives_raw = raw.get("objectives")
+    if isinstance(objectives_raw, dict):
+        objectives_raw = [objectives_raw]
+    if not isinstance(objectives_raw, list) or not objectives_raw:
+        raise spec_error("objectives", "needs at least one [[objectives]] table")
+    objectives = tuple(_parse_objective(i, o) for i, o in enumerate(objectives_raw))
+    metrics = [o.metric for o in objectives]
+    if len(set(metrics)) != len(metrics):
+        raise spec_error("objectives", "the same metric is listed twice")
+    return objectives
+
+
+def _parse_budget(raw: dict, params: tuple[ParamSpec, ...], sampler: dict) -> tuple[int, int]:
+    """``(n_trials, seed)``; a grid study's budget defaults to the grid's size."""
+    n_trials = raw.get("n_trials")
+    if sampler["type"] == "grid" and n_trials is None:
+        n_trials = grid_size(params)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise spec_error("n_trials", f"must be a positive integer, got {n_trials!r}")
+    if sampler["type"] == "grid" and n_trials > grid_size(params):
+        raise spec_error("n_trials", f"exceeds the grid's {grid_size(params)} points")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise spec_error("seed", f"must be a non-negative integer, got {seed!r}")
+    return n_trials, seed
+
+
+def _parse_storage(raw: Any) -> tuple[int, int, int]:
+    """``(heartbeat_interval, grace_period, max_retry)`` from the ``[storage]`` table."""
+    storage = raw if raw is not None else {}
+    if not isinstance(storage, dict):
+        raise spec_error("storage", "must be a table")
+    extra = set(storage) - {"heartbeat_interval", "grace_period", "max_retry"}
+    if extra:
+        raise spec_error("storage", f"unknown keys {sorted(extra)}")
+    hb = number_field(storage, "heartbeat_interval", "storage", integer=True, required=False)
+    hb = 10 if hb is None else hb
+    grace = number_field(storage, "grace_period", "storage", integer=True, required=False)
+    grace = 4 * hb if grace is None else grace
+    if hb < 1:
+        raise spec_error("storage.heartbeat_interval", "must be ≥ 1 s")
+    if grace <= hb:
+        raise spec_error("storage.grace_period", f"must exceed heartbeat_interval ({hb} s)")
+    max_retry = number_field(storage, "max_retry", "storage", integer=True, required=False)
+    max_retry = 2 if max_retry is None else max_retry
+    if max_retry < 0:
+        raise spec_error("storage.max_retry", "must be ≥ 0")
+    return hb, grace, max_retry
+
+
+def _parse_runner(raw: dict) -> tuple[int | None, str]:
+    """``(max_failures, runner)``."""
+    max_failures = raw.get("max_failures")
+    if max_failures is not None and (
+        isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1
+    ):
+        raise spec_error("max_failures", f"must be a positive integer, got {max_failures!r}")
+    runner = raw.get("runner", DEFAULT_RUNNER)
+    if not isinstance(runner, str) or ":" not in runner:
+        raise spec_error("runner", f"must be 'module:function', got {runner!r}")
+    return max_failures, runner
 
 
 def parse_study_spec(
     raw: dict[str, Any], *, name: str | None = None, source: str | None = None
 ) -> StudySpec:
-    """Validate a study spec given as a dict (the parsed TOML)."""
+    """Validate a study spec given as a dict (the parsed TOML); ``name`` is the default study
+    name (``load_study_spec`` passes the file's stem)."""
     if not isinstance(raw, dict):
         raise StudySpecError("a study spec must be a table")
-    known = {
-        "name",
-        "spec",
-        "n_trials",
-        "seed",
-        "fixed",
-        "probe",
-        "space",
-        "objectives",
-        "sampler",
-        "pruner",
-        "storage",
-        "max_failures",
-        "runner",
-        "description",
-    }
-    extra = set(raw) - known
+    extra = set(raw) - KNOWN_FIELDS
     if extra:
-        raise StudySpecError(f"unknown study spec fields {sorted(extra)}; allowed: {sorted(known)}")
-    study_name = raw.get("name", name)
-    if not isinstance(study_name, str) or not study_name:
-        raise _err("name", "must be a non-empty string")
+        raise StudySpecError(
+            f"unknown study spec fields {sorted(extra)}; allowed: {sorted(KNOWN_FIELDS)}"
+        )
+    study_name = _parse_name(raw, name)
     model_spec = raw.get("spec")
     if not isinstance(model_spec, str) or not model_spec:
-        raise _err("spec", "is required: the model spec file, relative to models/")
-    fixed = raw.get("fixed", {})
-    if not isinstance(fixed, dict):
-        raise _err("fixed", "must be a table of run-spec overrides")
-    fixed = flatten_overrides(fixed)
-    probe = raw.get("probe", {})
-    if not isinstance(probe, dict):
-        raise _err("probe", "must be a table of probe settings")
-    fixed.update(flatten_overrides(probe, "probe."))
-    space = raw.get("space")
-    if not isinstance(space, dict) or not space:
-        raise _err("space", "must define at least one parameter table ([space.<name>])")
-    params = tuple(_parse_param(k, v) for k, v in space.items())
-    targets = [p.target for p in params]
-    dup = {t for t in targets if targets.count(t) > 1}
-    if dup:
-        raise _err("space", f"several parameters override the same key {sorted(dup)}")
-    clash = set(targets) & set(fixed)
-    if clash:
-        raise _err("fixed", f"keys {sorted(clash)} are also searched in [space]")
-    objectives_raw = raw.get("objectives")
-    if isinstance(objectives_raw, dict):
-        objectives_raw = [objectives_raw]
-    if not isinstance(objectives_raw, list) or not objectives_raw:
-        raise _err("objectives", "needs at least one [[objectives]] table")
-    objectives = tuple(_parse_objective(i, o) for i, o in enumerate(objectives_raw))
-    metrics = [o.metric for o in objectives]
-    if len(set(metrics)) != len(metrics):
-        raise _err("objectives", "the same metric is listed twice")
+        raise spec_error("spec", "is required: the model spec file, relative to models/")
+    params, fixed = _parse_space(raw)
+    objectives = _parse_objectives(raw)
     sampler = _parse_sampler(raw.get("sampler"), params)
     pruner = _parse_pruner(raw.get("pruner"), len(objectives) > 1)
-    n_trials = raw.get("n_trials")
-    if sampler["type"] == "grid" and n_trials is None:
-        n_trials = grid_size(params)
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise _err("n_trials", f"must be a positive integer, got {n_trials!r}")
-    if sampler["type"] == "grid" and n_trials > grid_size(params):
-        raise _err("n_trials", f"exceeds the grid's {grid_size(params)} points")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _err("seed", f"must be a non-negative integer, got {seed!r}")
-    storage = raw.get("storage", {})
-    if not isinstance(storage, dict):
-        raise _err("storage", "must be a table")
-    extra = set(storage) - {"heartbeat_interval", "grace_period", "max_retry"}
-    if extra:
-        raise _err("storage", f"unknown keys {sorted(extra)}")
-    hb = _number(storage, "heartbeat_interval", "storage", integer=True, required=False) or 10
-    grace = _number(storage, "grace_period", "storage", integer=True, required=False)
-    grace = 4 * hb if grace is None else grace
-    if hb < 1:
-        raise _err("storage.heartbeat_interval", "must be ≥ 1 s")
-    if grace <= hb:
-        raise _err("storage.grace_period", f"must exceed heartbeat_interval ({hb} s)")
-    max_retry = _number(storage, "max_retry", "storage", integer=True, required=False)
-    max_retry = 2 if max_retry is None else max_retry
-    if max_retry < 0:
-        raise _err("storage.max_retry", "must be ≥ 0")
-    max_failures = raw.get("max_failures")
-    if max_failures is not None and (
-        isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1
-    ):
-        raise _err("max_failures", f"must be a positive integer, got {max_failures!r}")
-    runner = raw.get("runner", DEFAULT_RUNNER)
-    if not isinstance(runner, str) or ":" not in runner:
-        raise _err("runner", f"must be 'module:function', got {runner!r}")
+    n_trials, seed = _parse_budget(raw, params, sampler)
+    hb, grace, max_retry = _parse_storage(raw.get("storage"))
+    max_failures, runner = _parse_runner(raw)
     return StudySpec(
-        name=study_name,
-        model_spec=model_spec,
-        n_trials=n_trials,
-        params=params,
-        objectives=objectives,
-        fixed=fixed,
-        seed=seed,
-        sampler=sampler,
-        pruner=pruner,
-        heartbeat_interval=hb,
-        grace_period=grace,
-        max_retry=max_retry,
-        max_failures=max_failures,
-        runner=runner,
-        source=source,
-    )
-
-
-def grid_size(params: tuple[ParamSpec, ...]) -> int:
-    """Number of points of the grid spanned by the parameters' grid lists (or choices)."""
-    size = 1
-    for p in params:
-        size *= len(p.grid if p.grid is not None else p.choices)
-    return size
+        name=study_name, model_spec=model_spec, n_trials=n_trials, params=params,
+        objectives=objectives, fixed=fixed, seed=seed, sampler=sampler, pruner=pruner,
+        heartbeat_interval=hb, grace_period=grace, max_retry=max_retry,
+        max_failures=max_failures, runner=runner, source=source,
+    )  # fmt: skip
 
 
 def load_study_spec(path: str | Path) -> StudySpec:
@@ -467,6 +382,6 @@ def resolve_model_spec(spec: StudySpec) -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    raise _err(
+    raise spec_error(
         "spec", f"model spec {spec.model_spec!r} not found; tried {[str(c) for c in candidates]}"
     )
