@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from slt_probe.estimators.inputs import check_model_for_vmap
+from slt_probe.estimators.posterior import Budget
+from slt_probe.estimators.recipes import AUTO_RETRIES, Precision
 from slt_probe.sampling.functional import resolve_dtype
 from slt_probe.sampling.kernel import Kernel
 from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
@@ -98,8 +100,11 @@ def check_model(model: Any) -> None:
 
 
 def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
-    """Check the keyword arguments of ``estimate_llc`` (its ``locals()`` on entry); returns
-    ``{"auto": step_size == "auto"}``. Checks that need the data run when the posterior is
+    """Check the keyword arguments of ``estimate_llc`` (its ``locals()`` on entry) and group
+    them by the layer they configure: ``posterior`` (the keywords of
+    :meth:`LocalPosterior.build`), ``budget``, ``kernel`` (``None`` for the devinterp backend),
+    ``factors`` (extrapolation), ``retries`` (divergence retries of ``step_size="auto"``) and
+    ``precision`` (the stopping rule of ``target_rse``, or ``None``). Checks that need the data run when the posterior is
     built (:mod:`slt_probe.estimators.posterior`)."""
     check_model(args["model"])
     if not callable(args["loss_fn"]):
@@ -136,7 +141,44 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             "compute_dtype is an option of the vmap backend; devinterp samples in the model's dtype"
         )
+    kernel = None
     if args["backend"] == "vmap":
-        kernel_for(args["sampler"], args["sampler_options"], args["minibatch_correction"])
+        kernel = kernel_for(args["sampler"], args["sampler_options"], args["minibatch_correction"])
         check_model_for_vmap(args["model"])
-    return {"auto": step_size == "auto"}
+    return {
+        "posterior": {
+            key: args[key]
+            for key in (
+                "localization",
+                "nbeta",
+                "batch_size",
+                "seed",
+                "device",
+                "shared_batch",
+                "paired",
+                "fast_path",
+            )
+        }
+        | {"compute_dtype": resolve_dtype(args["compute_dtype"])},
+        "budget": Budget(args["num_chains"], args["num_burnin"], args["num_draws"], args["seed"]),
+        "kernel": kernel,
+        "factors": extrapolation_factors(args["extrapolate"]),
+        "retries": AUTO_RETRIES if step_size == "auto" else 0,
+        "precision": _precision(args),
+    }
+
+
+def _precision(args: dict[str, Any]) -> Precision | None:
+    """The stopping rule of ``target_rse``/``max_steps`` (``None`` without a target)."""
+    if args["target_rse"] is None:
+        if args["max_steps"] is not None:
+            raise ValueError("max_steps is the budget of target_rse; give target_rse too")
+        return None
+    target = check_real("target_rse", args["target_rse"], positive=True)
+    if extrapolation_factors(args["extrapolate"]) != (1.0,) or args["backend"] != "vmap":
+        raise ValueError("target_rse runs one step size on the vmap backend: no extrapolate")
+    first = args["num_burnin"] + args["num_draws"]
+    max_steps = args["max_steps"]
+    max_steps = args["num_burnin"] + 8 * args["num_draws"] if max_steps is None else max_steps
+    max_steps = check_integer("max_steps", max_steps, first)
+    return Precision(target_rse=target, max_steps=max_steps)

@@ -21,19 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from slt_probe.estimators.arguments import (
-    BACKENDS,
-    check_arguments,
-    extrapolation_factors,
-    kernel_for,
-)
+from slt_probe.estimators.arguments import BACKENDS, check_arguments, kernel_for
 from slt_probe.estimators.calibration import Calibration
 from slt_probe.estimators.devinterp_backend import estimate_llc_devinterp
 from slt_probe.estimators.inputs import check_model_for_vmap
 from slt_probe.estimators.posterior import Budget, LocalPosterior, default_nbeta
-from slt_probe.estimators.recipes import AUTO_RETRIES, calibrate, sample, summarise
+from slt_probe.estimators.recipes import calibrate, sample, sample_until_precise, summarise
 from slt_probe.estimators.result import LLCResult
-from slt_probe.sampling.functional import resolve_dtype
 
 __all__ = ["BACKENDS", "calibrate_step_size_for", "default_nbeta", "estimate_llc"]
 
@@ -62,6 +56,8 @@ def estimate_llc(
     fast_path: bool = True,
     compute_dtype: torch.dtype | str | None = None,
     minibatch_correction: bool = True,
+    target_rse: float | None = None,
+    max_steps: int | None = None,
 ) -> LLCResult:
     """Estimate λ̂ at the model's current parameters w* (see module docstring).
 
@@ -120,23 +116,16 @@ def estimate_llc(
         minibatch noise inflates λ̂ by ≈ (ε/4)·nβ²·v_j per direction (RMSProp-SGLD:
         (ε/4)·G_j·nβ²·v_j, recomputed as its preconditioner G moves). What it did is in
         ``diagnostics.minibatch_noise``.
+    target_rse: run until trustworthy: after the burn-in and the first ``num_draws``, keep
+        drawing in rounds of ``num_draws`` until split R-hat ≤ 1.05 over ≥ 4 chains, no drift
+        between the first and last thirds, and stderr(λ̂)/|λ̂| ≤ ``target_rse`` — or
+        ``max_steps`` steps per chain (burn-in included; default burn-in + 8 × draws) are
+        spent, which is then a warning. The record is ``diagnostics.precision``. One step
+        size only (not with ``extrapolate``).
     """
     args = check_arguments(locals())
-    budget = Budget(num_chains, num_burnin, num_draws, seed)
-    posterior = LocalPosterior.build(
-        model,
-        loss_fn,
-        data,
-        localization=localization,
-        nbeta=nbeta,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        shared_batch=shared_batch,
-        paired=paired,
-        fast_path=fast_path,
-        compute_dtype=resolve_dtype(compute_dtype),
-    )
+    posterior = LocalPosterior.build(model, loss_fn, data, **args["posterior"])
+    budget = args["budget"]
     if backend == "devinterp":
         return estimate_llc_devinterp(
             model,
@@ -147,21 +136,23 @@ def estimate_llc(
             step_size=step_size,
             accuracy=accuracy,
         )
-    started = time.perf_counter()
-    kernel = kernel_for(sampler, sampler_options, minibatch_correction)
+    started, kernel = time.perf_counter(), args["kernel"]
     calibration: dict[str, Any] = {}
     if step_size == "auto":
         cal = calibrate(posterior, kernel, budget, accuracy)
         step_size, calibration = cal.step_size, cal.as_dict()
     sampled = sample(
-        posterior,
-        kernel,
-        budget,
-        step_size,
-        factors=extrapolation_factors(extrapolate),
-        retries=AUTO_RETRIES if args["auto"] else 0,
+        posterior, kernel, budget, step_size, factors=args["factors"], retries=args["retries"]
     )
-    return summarise(posterior, kernel, budget, sampled, calibration=calibration, started=started)
+
+    def summary(sampled, budget):
+        return summarise(
+            posterior, kernel, budget, sampled, calibration=calibration, started=started
+        )
+
+    if args["precision"] is None:
+        return summary(sampled, budget)
+    return sample_until_precise(posterior, kernel, budget, sampled, args["precision"], summary)
 
 
 def calibrate_step_size_for(

@@ -159,10 +159,12 @@ class LocalPosterior:
         seed: int,
         count: int,
         burnin: int | None = None,
+        init_state=None,
     ) -> ChainTrace:
         """``count`` chains of ``steps`` steps from w*. With ``burnin`` (the main run) the
         kernel is told where the burn-in ends, and every ``VIRIAL_EVERY`` draws after it record
-        the virial terms; pilots pass none."""
+        the virial terms; pilots pass none. ``init_state`` continues chains (a previous trace's
+        ``final_state``) with their draws recorded from the first step."""
         virial_steps = None if burnin is None else range(burnin, steps, VIRIAL_EVERY)
         return run_chains(
             kernel,
@@ -180,6 +182,7 @@ class LocalPosterior:
             paired_reference=self.paired and not self.full_batch,
             virial_steps=virial_steps,
             burnin_steps=burnin or 0,
+            init_state=init_state,
         )
 
     def end_curvature(self, kernel: Kernel, trace: ChainTrace, step_size: float) -> dict:

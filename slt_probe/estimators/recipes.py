@@ -279,3 +279,73 @@ def _with_retries(calibration: dict, sampled: Sampled) -> dict:
         for r in sampled.retried
     )
     return calibration
+
+
+@dataclass(frozen=True)
+class Precision:
+    """When an estimate is trustworthy enough to stop drawing: split R-hat ≤ ``max_rhat`` over
+    ≥ 4 chains, no drift between the first and last thirds of the traces (the drift warning of
+    :func:`compute_diagnostics`), and relative standard error stderr(λ̂)/|λ̂| ≤ ``target_rse``;
+    at most ``max_steps`` steps per chain, burn-in included."""
+
+    target_rse: float
+    max_steps: int
+    max_rhat: float = 1.05
+
+    def unmet(self, result: LLCResult) -> list[str]:
+        """What ``result`` still lacks (empty when it is precise enough)."""
+        d, missing = result.diagnostics, []
+        if d.num_used_chains < 4:
+            missing.append(f"{d.num_used_chains} usable chains (R-hat needs >= 4)")
+        elif not d.r_hat <= self.max_rhat:
+            missing.append(f"R-hat {d.r_hat:.3f} > {self.max_rhat}")
+        if any(w.startswith("loss trace still") for w in d.warnings):
+            missing.append("the loss trace still drifts")
+        rse = result.llc_stderr / abs(result.llc_mean) if result.llc_mean else float("inf")
+        if not rse <= self.target_rse:
+            missing.append(f"relative standard error {rse:.3g} > {self.target_rse}")
+        return missing
+
+
+def sample_until_precise(
+    posterior: LocalPosterior,
+    kernel: Kernel,
+    budget: Budget,
+    sampled: Sampled,
+    precision: Precision,
+    summarise_fn,
+) -> LLCResult:
+    """Continue the chains of ``sampled`` (one step size) in rounds of ``budget.num_draws``
+    steps until ``precision`` is met or ``precision.max_steps`` is spent, and return the
+    summary of all the draws (``summarise_fn(sampled, budget)``, also what each round is judged
+    on) with ``diagnostics.precision`` = {target_rse, max_steps, rounds, steps, met, missing}
+    and a warning when the budget ran out first."""
+    rounds, steps, round_size = 1, budget.num_steps, budget.num_draws
+    while True:
+        result = summarise_fn(sampled, budget)
+        missing = precision.unmet(result)
+        more = min(round_size, precision.max_steps - steps)
+        if not missing or more <= 0:
+            break
+        eps, trace = sampled.last
+        seed = budget.seed + 104729 * rounds  # each round its own minibatches and noise
+        extra = posterior.chains(
+            kernel, eps, more, seed, budget.num_chains, burnin=0, init_state=trace.final_state
+        )
+        sampled = Sampled([(eps, trace.extend(extra))], sampled.step_size, sampled.retried)
+        budget = Budget(budget.num_chains, budget.num_burnin, budget.num_draws + more, budget.seed)
+        rounds, steps = rounds + 1, steps + more
+    result.diagnostics.precision = {
+        "target_rse": precision.target_rse,
+        "max_steps": precision.max_steps,
+        "rounds": rounds,
+        "steps": steps,
+        "met": not missing,
+        "missing": missing,
+    }
+    if missing:
+        result.diagnostics.warnings.append(
+            f"target precision not reached within max_steps={precision.max_steps} steps per "
+            f"chain ({'; '.join(missing)}): raise max_steps or relax target_rse."
+        )
+    return result

@@ -41,7 +41,8 @@ class Diagnostics:
     ``engine``: how the chains were stepped (``gradient``: the gradient's path, e.g. a Linear
     stack with its float32 products through oneDNN, or ``torch.func`` vmap; ``chain_blocks``:
     blocks of chains on threads); for the devinterp backend, its optimizer and the arguments
-    it was given.
+    it was given. ``precision`` (with ``estimate_llc(target_rse=...)``): the target, the step
+    budget, how many rounds of draws ran and whether the target was met (else what was missing).
     """
 
     r_hat: float = float("nan")
@@ -55,6 +56,7 @@ class Diagnostics:
     end_curvature: dict[str, Any] = field(default_factory=dict)
     virial: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:

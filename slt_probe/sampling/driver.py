@@ -17,7 +17,7 @@ import torch
 
 from slt_probe.sampling.functional import FlatModel
 from slt_probe.sampling.groups import ChainGroups, num_groups, splittable
-from slt_probe.sampling.kernel import Kernel, Potential, check_step_size
+from slt_probe.sampling.kernel import ChainState, Kernel, Potential, check_step_size
 
 #: Steps per chunk. Divergence is checked once per chunk (cheap, and NaN cannot leak across
 #: chains), and blocks of chains on threads step a whole chunk without meeting: one barrier per
@@ -45,6 +45,31 @@ class ChainTrace:
     reference_losses: torch.Tensor | None = None
     virial_terms: torch.Tensor | None = None
     engine: dict = field(default_factory=dict)
+    final_state: ChainState | None = field(default=None, repr=False)
+
+    def extend(self, more: ChainTrace) -> ChainTrace:
+        """This trace followed by ``more`` (the same chains continued from ``final_state``): a
+        chain that diverged here stays diverged, whatever it did in ``more``."""
+        steps = self.losses.shape[1]
+        earlier = self.diverged_at >= 0
+        later = torch.where(more.diverged_at >= 0, more.diverged_at + steps, -1)
+        losses = torch.cat([self.losses, more.losses], dim=1)
+        losses[earlier, steps:] = float("nan")
+        return ChainTrace(
+            losses=losses,
+            diverged_at=torch.where(earlier, self.diverged_at, later),
+            final_position=more.final_position,
+            reference_losses=_cat(self.reference_losses, more.reference_losses, 1),
+            virial_terms=_cat(self.virial_terms, more.virial_terms, 1),
+            engine=more.engine,
+            final_state=more.final_state,
+        )
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return torch.cat([a, b], dim=dim)
 
 
 class NoiseStream:
@@ -134,6 +159,7 @@ def run_chains(
     paired_reference: bool = False,
     virial_steps: range | None = None,
     burnin_steps: int = 0,
+    init_state: ChainState | None = None,
 ) -> ChainTrace:
     """Run ``num_steps`` steps of ``kernel`` at ``step_size`` on ``potential`` (whose centre is
     ``flat.w_star``) for ``num_chains`` chains started at w* (or ``init_position``).
@@ -154,10 +180,17 @@ def run_chains(
 
     ``burnin_steps`` (> 0): after that many steps (between chunks) the driver calls
     ``kernel.end_burnin(state)`` (RMSProp-SGLD then stops adapting its preconditioner).
+
+    ``init_state`` (a previous trace's ``final_state``, the same kernel and step size) continues
+    those chains instead of starting new ones.
     """
     run = _ChainRun(
         kernel,
-        kernel.init(_start(flat, num_chains, init_position), potential, check_step_size(step_size)),
+        init_state
+        if init_state is not None
+        else kernel.init(
+            _start(flat, num_chains, init_position), potential, check_step_size(step_size)
+        ),
         flat,
         x,
         y,
@@ -335,6 +368,7 @@ class _ChainRun:
             if virial is None
             else virial.permute(2, 0, 1).to("cpu", torch.float64),
             engine={"gradient": getattr(self.grad_fn, "path", None), "chain_blocks": self.groups},
+            final_state=self.state,
         )
 
 
