@@ -157,7 +157,7 @@ def test_extrapolation_removes_first_order_step_size_bias():
     assert extra.extrapolation["step_sizes"] == [1.2e-3, 6e-4]
     # the default Leimkuhler–Matthews noise has no such bias on a quadratic loss
     lm = estimate_llc(model, half_sq, data, **kw)
-    assert lm.sampler_options == {"noise": "leimkuhler-matthews"}
+    assert lm.sampler_options == {"noise": "leimkuhler-matthews", "minibatch_correction": True}
     assert lm.llc_mean == pytest.approx(truth, rel=0.04)
 
 
@@ -187,7 +187,13 @@ def test_minibatch_correction_of_rmsprop_sgld_removes_the_minibatch_inflation():
     fixed = estimate_llc(model, half_sq, data, **kw)
     report = fixed.diagnostics.minibatch_noise
     assert report["corrected"] and report["clamped_coordinates"] == 0
-    assert fixed.sampler_options == {"noise": "leimkuhler-matthews", "adapt_in_draws": False}
+    assert fixed.sampler_options == {
+        "alpha": 0.999,
+        "delta": None,
+        "noise": "leimkuhler-matthews",
+        "adapt_in_draws": False,
+        "minibatch_correction": True,
+    }
     assert raw.llc_mean > truth * 1.15
     assert fixed.llc_mean == pytest.approx(truth, rel=0.06)
     # at w*'s preconditioner, to first order

@@ -59,7 +59,7 @@ def test_precision_arguments_are_checked():
         estimate_llc(model, half_sq, data, max_steps=1000)
     with pytest.raises(ValueError, match="target_rse must be > 0"):
         estimate_llc(model, half_sq, data, target_rse=0.0)
-    with pytest.raises(ValueError, match="max_steps must be an integer >= 200"):
+    with pytest.raises(ValueError, match=r"max_steps must be >= num_burnin \+ num_draws = 200"):
         estimate_llc(
             model, half_sq, data, num_burnin=100, num_draws=100, target_rse=0.1, max_steps=150
         )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from slt_probe import LLCProbe
+from slt_probe.estimators import arguments
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import append_jsonl, read_jsonl, truncate_jsonl
 from slt_probe.probe import options, weight_norm
@@ -166,7 +167,7 @@ def test_sampler_choices_and_options_come_from_the_kernel_registry(monkeypatch):
     class Toy:
         name = "toy"
 
-        def __init__(self, config, temperature: float = 1.0, flip: bool = False):
+        def __init__(self, *, temperature: float = 1.0, flip: bool = False):
             pass
 
     monkeypatch.setitem(kernels.KERNELS, "toy", Toy)
@@ -178,7 +179,7 @@ def test_sampler_choices_and_options_come_from_the_kernel_registry(monkeypatch):
     with pytest.raises(TypeError, match="sampler_options.temperature must be a number"):
         options.check_estimator_options({"sampler": "toy", "sampler_options": {"temperature": "2"}})
     assert "'toy'" in str(
-        pytest.raises(ValueError, options.check_choice, "s", "x", kernels.KERNELS).value
+        pytest.raises(ValueError, arguments.check_choice, "s", "x", kernels.KERNELS).value
     )
 
 

@@ -1,10 +1,14 @@
 """The arguments of :func:`slt_probe.estimate_llc`, checked before any work: every bad value is
-a ``ValueError`` or ``TypeError`` raised here that names the argument, never a traceback from
-deep inside torch or a silently wrong number."""
+a ``TypeError`` (wrong type) or ``ValueError`` (out of range) raised here whose message starts
+with the argument's name, never a traceback from deep inside torch or a silently wrong number.
+
+:data:`ESTIMATOR_CHECKS` is the one table of each option's type and range; ``LLCProbe`` and the
+run spec's ``[probe]`` section check against it too (:mod:`slt_probe.probe.options`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -21,33 +25,118 @@ from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
 BACKENDS = ("vmap", "devinterp")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+# --- checkers: (field, value) -> cleaned value, or TypeError/ValueError naming the field -------
 
 
-def check_integer(name: str, value: Any, low: int) -> int:
-    """``value`` as an int if it is an integer (not a bool) ≥ ``low``."""
-    if not _is_number(value) or not math.isfinite(value) or int(value) != value or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def check_int(field: str, value: Any, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be an integer, got {value!r}")
+    if not math.isfinite(value) or int(value) != value:
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{field} must be >= {low}, got {value!r}")
     return int(value)
 
 
-def check_real(name: str, value: Any, *, positive: bool = False, allow_zero: bool = True) -> float:
-    """``value`` as a float if it is a finite real number (not a bool), > 0 with ``positive``,
-    ≥ 0 otherwise unless ``allow_zero`` is False and the sign is free."""
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if not positive and allow_zero and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+def check_float(field: str, value: Any, low: float | None = None, *, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{field} must be {'>' if strict else '>='} {low:g}, got {value!r}")
     return float(value)
 
 
-def check_flag(name: str, value: Any) -> bool:
+def check_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{field} must be true or false, got {value!r}")
     return value
+
+
+def check_choice(field: str, value: Any, options) -> Any:
+    options = list(options)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{field} must be one of {options}, got {value!r}")
+    return value
+
+
+def optional(check: Callable) -> Callable:
+    def inner(field, value):
+        return None if value is None else check(field, value)
+
+    return inner
+
+
+def _step_size(field, value):
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{field} must be a positive number or 'auto', got {value!r}")
+        return value
+    return check_float(field, value, 0.0, strict=True)
+
+
+def _extrapolate(field, value):
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise ValueError(
+            f"{field} must be true, false or a list of >= 2 step-size factors, got {value!r}"
+        )
+    return [check_float(f"{field}[{i}]", f, 0.0, strict=True) for i, f in enumerate(value)]
+
+
+def _device(field, value):
+    if value is None or isinstance(value, torch.device):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a device name such as 'cpu', got {value!r}")
+    try:
+        torch.device(value)
+    except RuntimeError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return value
+
+
+def _compute_dtype(field, value):
+    try:
+        resolve_dtype(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return value
+
+
+def table(field, value):
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field} must be a table (dict), got {value!r}")
+    return dict(value)
+
+
+#: Type and range of every estimate_llc option (tests/test_probe.py holds that none is missing):
+#: the one table estimate_llc, LLCProbe and the run spec's [probe] section check against.
+ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "sampler": lambda f, v: check_choice(f, v, sorted(KERNELS)),
+    "step_size": _step_size,
+    "localization": lambda f, v: check_float(f, v, 0.0),
+    "nbeta": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
+    "num_chains": lambda f, v: check_int(f, v, 1),
+    "num_draws": lambda f, v: check_int(f, v, 1),
+    "num_burnin": lambda f, v: check_int(f, v, 0),
+    "batch_size": optional(lambda f, v: check_int(f, v, 1)),
+    "seed": lambda f, v: check_int(f, v, 0),
+    "backend": lambda f, v: check_choice(f, v, BACKENDS),
+    "device": _device,
+    "extrapolate": _extrapolate,
+    "shared_batch": check_bool,
+    "paired": check_bool,
+    "accuracy": lambda f, v: check_float(f, v, 0.0, strict=True),
+    "sampler_options": optional(table),
+    "fast_path": check_bool,
+    "compute_dtype": _compute_dtype,
+    "minibatch_correction": check_bool,
+    "target_rse": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
+    "max_steps": optional(lambda f, v: check_int(f, v, 1)),
+}
 
 
 def extrapolation_factors(extrapolate) -> tuple[float, ...]:
@@ -100,47 +189,23 @@ def check_model(model: Any) -> None:
 
 
 def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
-    """Check the keyword arguments of ``estimate_llc`` (its ``locals()`` on entry) and group
-    them by the layer they configure: ``posterior`` (the keywords of
-    :meth:`LocalPosterior.build`), ``budget``, ``kernel`` (``None`` for the devinterp backend),
-    ``factors`` (extrapolation), ``retries`` (divergence retries of ``step_size="auto"``) and
-    ``precision`` (the stopping rule of ``target_rse``, or ``None``). Checks that need the data run when the posterior is
-    built (:mod:`slt_probe.estimators.posterior`)."""
+    """Check the keyword arguments of ``estimate_llc`` (its ``locals()`` on entry) against
+    :data:`ESTIMATOR_CHECKS` and group them by the layer they configure: ``posterior`` (the
+    keywords of :meth:`LocalPosterior.build`), ``budget``, ``kernel`` (``None`` for the devinterp
+    backend), ``factors`` (extrapolation), ``retries`` (divergence retries of
+    ``step_size="auto"``) and ``precision`` (the stopping rule of ``target_rse``, or ``None``).
+    Checks that need the data run when the posterior is built
+    (:func:`slt_probe.estimators.inputs.check_data`)."""
     check_model(args["model"])
     if not callable(args["loss_fn"]):
         raise TypeError(f"loss_fn must be callable, got {type(args['loss_fn']).__name__}")
-    if args["sampler"] not in KERNELS:
-        raise ValueError(f"sampler must be one of {sorted(KERNELS)}, got {args['sampler']!r}")
-    if args["backend"] not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {args['backend']!r}")
-    check_integer("num_chains", args["num_chains"], 1)
-    check_integer("num_draws", args["num_draws"], 1)
-    check_integer("num_burnin", args["num_burnin"], 0)
-    check_integer("seed", args["seed"], 0)
-    if args["batch_size"] is not None:
-        check_integer("batch_size", args["batch_size"], 1)
-    step_size = args["step_size"]
-    if isinstance(step_size, str):
-        if step_size != "auto":
-            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
-    elif not (_is_number(step_size) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(
-            f"step_size must be a positive finite number, got {step_size!r}; "
-            "or pass step_size='auto' to calibrate it from the local curvature."
-        )
-    check_real("localization", args["localization"])
-    if args["nbeta"] is not None:
-        check_real("nbeta", args["nbeta"], positive=True)
-    check_real("accuracy", args["accuracy"], positive=True)
-    for flag in ("shared_batch", "paired", "fast_path", "minibatch_correction"):
-        check_flag(flag, args[flag])
-    extrapolation_factors(args["extrapolate"])
-    if args["sampler_options"] is not None and not isinstance(args["sampler_options"], dict):
-        raise TypeError(f"sampler_options must be a dict, got {args['sampler_options']!r}")
+    for name, check in ESTIMATOR_CHECKS.items():
+        check(name, args[name])
     if resolve_dtype(args["compute_dtype"]) is not None and args["backend"] == "devinterp":
         raise ValueError(
             "compute_dtype is an option of the vmap backend; devinterp samples in the model's dtype"
         )
+    step_size = args["step_size"]
     kernel = None
     if args["backend"] == "vmap":
         kernel = kernel_for(args["sampler"], args["sampler_options"], args["minibatch_correction"])
@@ -174,11 +239,12 @@ def _precision(args: dict[str, Any]) -> Precision | None:
         if args["max_steps"] is not None:
             raise ValueError("max_steps is the budget of target_rse; give target_rse too")
         return None
-    target = check_real("target_rse", args["target_rse"], positive=True)
+    target = float(args["target_rse"])
     if extrapolation_factors(args["extrapolate"]) != (1.0,) or args["backend"] != "vmap":
         raise ValueError("target_rse runs one step size on the vmap backend: no extrapolate")
     first = args["num_burnin"] + args["num_draws"]
     max_steps = args["max_steps"]
     max_steps = args["num_burnin"] + 8 * args["num_draws"] if max_steps is None else max_steps
-    max_steps = check_integer("max_steps", max_steps, first)
-    return Precision(target_rse=target, max_steps=max_steps)
+    if max_steps < first:
+        raise ValueError(f"max_steps must be >= num_burnin + num_draws = {first}, got {max_steps}")
+    return Precision(target_rse=target, max_steps=int(max_steps))

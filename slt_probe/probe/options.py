@@ -5,7 +5,7 @@ Nothing here restates what another module owns: option names and defaults are th
 parameters of :func:`slt_probe.estimators.llc.estimate_llc` (read with :mod:`inspect`), sampler
 names are the keys of the kernel registry :data:`slt_probe.sampling.kernels.KERNELS`, backends are
 :data:`slt_probe.estimators.llc.BACKENDS`, a kernel's options are the keyword parameters of its
-constructor and the Hessian options those of :func:`slt_probe.geometry.hessian.hessian_summary`.
+constructor (:func:`slt_probe.sampling.kernels.kernel_options`) and the Hessian options those of :func:`slt_probe.geometry.hessian.hessian_summary`.
 What this module adds is the type and range of each option, so that a bad one fails when a probe or
 a spec is made, naming the option, instead of at the first probe point after training has begun.
 
@@ -16,16 +16,20 @@ field name the caller passes (``probe.num_chains``, ``num_chains``).
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
-from slt_probe.estimators.llc import BACKENDS, estimate_llc
+from slt_probe.estimators.arguments import (
+    ESTIMATOR_CHECKS,
+    check_bool,
+    check_float,
+    check_int,
+    optional,
+    table,
+)
+from slt_probe.estimators.llc import estimate_llc
 from slt_probe.geometry.hessian import hessian_summary
-from slt_probe.sampling.functional import resolve_dtype
-from slt_probe.sampling.kernels import KERNELS
+from slt_probe.sampling.kernels import kernel_options
 
 #: Parameters of estimate_llc that say what is measured rather than how.
 _SUBJECT = ("model", "loss_fn", "data")
@@ -57,125 +61,9 @@ def probe_estimator_defaults() -> dict[str, Any]:
     return {**estimator_defaults(), **PROBE_DEFAULTS}
 
 
-def kernel_options(sampler: str) -> dict[str, Any]:
-    """A kernel's options (its constructor's keyword parameters but ``config``) and defaults."""
-    return _keyword_defaults(KERNELS[sampler], ("self", "config"))
-
-
 def hessian_options() -> dict[str, Any]:
     """``hessian_summary``'s options (the probe passes model, data and seed itself)."""
     return _keyword_defaults(hessian_summary, (*_SUBJECT, "seed"))
-
-
-# --- checkers: (field, value) -> cleaned value, or TypeError/ValueError naming the field -------
-
-
-def check_int(field: str, value: Any, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{field} must be an integer, got {value!r}")
-    if not math.isfinite(value) or int(value) != value:
-        raise ValueError(f"{field} must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{field} must be >= {low}, got {value!r}")
-    return int(value)
-
-
-def check_float(field: str, value: Any, low: float | None = None, *, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{field} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{field} must be {'>' if strict else '>='} {low:g}, got {value!r}")
-    return float(value)
-
-
-def check_bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{field} must be true or false, got {value!r}")
-    return value
-
-
-def check_choice(field: str, value: Any, options) -> Any:
-    options = list(options)
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{field} must be one of {options}, got {value!r}")
-    return value
-
-
-def _optional(check: Callable) -> Callable:
-    def inner(field, value):
-        return None if value is None else check(field, value)
-
-    return inner
-
-
-def _step_size(field, value):
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"{field} must be a positive number or 'auto', got {value!r}")
-        return value
-    return check_float(field, value, 0.0, strict=True)
-
-
-def _extrapolate(field, value):
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise ValueError(
-            f"{field} must be true, false or a list of >= 2 step-size factors, got {value!r}"
-        )
-    return [check_float(f"{field}[{i}]", f, 0.0, strict=True) for i, f in enumerate(value)]
-
-
-def _device(field, value):
-    if value is None or isinstance(value, torch.device):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"{field} must be a device name such as 'cpu', got {value!r}")
-    try:
-        torch.device(value)
-    except RuntimeError as exc:
-        raise ValueError(f"{field}: {exc}") from None
-    return value
-
-
-def _compute_dtype(field, value):
-    try:
-        resolve_dtype(value)
-    except ValueError as exc:
-        raise ValueError(f"{field}: {exc}") from None
-    return value
-
-
-def _table(field, value):
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{field} must be a table (dict), got {value!r}")
-    return dict(value)
-
-
-#: Type and range of every estimate_llc option (tests/test_probe.py holds that none is missing).
-ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "sampler": lambda f, v: check_choice(f, v, sorted(KERNELS)),
-    "step_size": _step_size,
-    "localization": lambda f, v: check_float(f, v, 0.0),
-    "nbeta": _optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
-    "num_chains": lambda f, v: check_int(f, v, 1),
-    "num_draws": lambda f, v: check_int(f, v, 1),
-    "num_burnin": lambda f, v: check_int(f, v, 0),
-    "batch_size": _optional(lambda f, v: check_int(f, v, 1)),
-    "seed": lambda f, v: check_int(f, v, 0),
-    "backend": lambda f, v: check_choice(f, v, BACKENDS),
-    "device": _device,
-    "extrapolate": _extrapolate,
-    "shared_batch": check_bool,
-    "paired": check_bool,
-    "accuracy": lambda f, v: check_float(f, v, 0.0, strict=True),
-    "sampler_options": _optional(_table),
-    "fast_path": check_bool,
-    "compute_dtype": _compute_dtype,
-    "minibatch_correction": check_bool,
-}
 
 
 def _check_like(field: str, value: Any, default: Any) -> Any:
@@ -195,7 +83,7 @@ def check_sampler_options(sampler: str, options: Mapping | None, field: str) -> 
     """``options`` as keyword arguments of the ``sampler`` kernel's constructor."""
     if options is None:
         return {}
-    options = _table(field, options)
+    options = table(field, options)
     known = kernel_options(sampler)
     for key, value in options.items():
         if key not in known:
@@ -211,7 +99,7 @@ def check_hessian_options(options: Mapping | None, field: str) -> dict:
     """``options`` as keyword arguments of ``hessian_summary``."""
     if options is None:
         return {}
-    options = _table(field, options)
+    options = table(field, options)
     known = hessian_options()
     for key, value in options.items():
         if key not in known:
@@ -219,7 +107,7 @@ def check_hessian_options(options: Mapping | None, field: str) -> dict:
         if key in ("k", "num_probes", "iters"):
             check_int(f"{field}.{key}", value, 1)
         elif key == "batch_size":
-            _optional(lambda f, v: check_int(f, v, 1))(f"{field}.{key}", value)
+            optional(lambda f, v: check_int(f, v, 1))(f"{field}.{key}", value)
         else:
             check_float(f"{field}.{key}", value, 0.0, strict=True)
     return options

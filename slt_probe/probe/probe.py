@@ -29,16 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slt_probe.estimators.arguments import check_bool, check_int
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import FolderLock, append_jsonl, read_jsonl
 from slt_probe.geometry.hessian import hessian_summary
 from slt_probe.probe.options import (
     HESSIAN_DEFAULTS,
     PROBE_DEFAULTS,
-    check_bool,
     check_estimator_options,
     check_hessian_options,
-    check_int,
 )
 from slt_probe.probe.schedules import make_schedule
 
