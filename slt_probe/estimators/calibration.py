@@ -40,25 +40,16 @@ def top_curvature(
         idx = torch.randperm(n, generator=generator)[:max_examples].to(x.device)
         x, y = x[idx], y[idx]
     state = generator.get_state() if generator is not None else None
-    eig = power_iteration(
-        flat_hvp(flat, x, y, position),
-        flat.dim,
-        iters=iters,
-        generator=generator,
-        dtype=flat.dtype,
-        device=flat.device,
-    )
-    if not math.isfinite(eig):  # autograd's second derivative failed: difference the gradient
+    # autograd's second derivative first; where it is not finite (torch's formulas for w⁰ at
+    # 0), a central difference of gradients from the same start
+    for make_op in (flat_hvp, finite_difference_hvp):
         if state is not None:
             generator.set_state(state)
-        eig = power_iteration(
-            finite_difference_hvp(flat, x, y, position),
-            flat.dim,
-            iters=iters,
-            generator=generator,
-            dtype=flat.dtype,
-            device=flat.device,
-        )
+        op = make_op(flat, x, y, position)
+        kw = dict(iters=iters, generator=generator, dtype=flat.dtype, device=flat.device)
+        eig = power_iteration(op, flat.dim, **kw)
+        if math.isfinite(eig):
+            break
     return abs(eig)
 
 

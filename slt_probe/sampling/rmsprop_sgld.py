@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from slt_probe.sampling.kernel import SHARED, ChainState, Kernel, Potential, check_choice
-from slt_probe.sampling.sgld import NOISES, minibatch_fraction
+from slt_probe.sampling.kernel import SHARED, ChainState, Potential
+from slt_probe.sampling.sgld import LangevinNoise, minibatch_fraction
 
 
 @dataclass
@@ -48,10 +48,10 @@ class RMSPropState(ChainState):
     adapting: bool = field(default=True, metadata=SHARED)
 
 
-class RMSPropSGLD(Kernel):
+class RMSPropSGLD(LangevinNoise):
     """RMSProp-SGLD (see module docstring). ``step`` updates the position and V in place."""
 
-    name = "rmsprop_sgld"
+    name, label = "rmsprop_sgld", "RMSProp-SGLD"
 
     def __init__(
         self,
@@ -66,27 +66,17 @@ class RMSPropSGLD(Kernel):
             raise ValueError(f"RMSProp-SGLD alpha must be in (0, 1), got {alpha}")
         if delta is not None and not (isinstance(delta, (int, float)) and delta > 0):
             raise ValueError(f"RMSProp-SGLD delta must be > 0 (or None for √γ), got {delta}")
+        super().__init__(noise, minibatch_correction)
         self.alpha = float(alpha)
         self.delta = delta
-        self.noise = check_choice(noise, NOISES, "RMSProp-SGLD noise")
         self.adapt_in_draws = bool(adapt_in_draws)
-        self.minibatch_correction = bool(minibatch_correction)
-
-    @property
-    def leimkuhler_matthews(self) -> bool:
-        return self.noise == "leimkuhler-matthews"
-
-    @property
-    def corrects_minibatch_noise(self) -> bool:
-        return self.minibatch_correction
 
     def options(self) -> dict:
         return {
             "alpha": self.alpha,
             "delta": self.delta,
-            "noise": self.noise,
             "adapt_in_draws": self.adapt_in_draws,
-            "minibatch_correction": self.minibatch_correction,
+            **super().options(),
         }
 
     def _delta(self, potential: Potential) -> float:

@@ -47,13 +47,14 @@ def minibatch_fraction(potential: Potential, step_size: float) -> torch.Tensor |
     return (0.25 * step_size * potential.nbeta**2) * v.to(potential.center)
 
 
-class SGLD(Kernel):
-    """SGLD (see module docstring). ``step`` updates ``state.position`` in place."""
+class LangevinNoise(Kernel):
+    """The two noise options of the Langevin kernels (SGLD, RMSProp-SGLD): the scheme
+    (``noise``, one of :data:`NOISES`) and the minibatch-noise correction."""
 
-    name = "sgld"
+    label = "Langevin"
 
-    def __init__(self, *, noise: str = "leimkuhler-matthews", minibatch_correction: bool = True):
-        self.noise = check_choice(noise, NOISES, "SGLD noise")
+    def __init__(self, noise: str, minibatch_correction: bool):
+        self.noise = check_choice(noise, NOISES, f"{self.label} noise")
         self.minibatch_correction = bool(minibatch_correction)
 
     @property
@@ -66,6 +67,15 @@ class SGLD(Kernel):
 
     def options(self) -> dict:
         return {"noise": self.noise, "minibatch_correction": self.minibatch_correction}
+
+
+class SGLD(LangevinNoise):
+    """SGLD (see module docstring). ``step`` updates ``state.position`` in place."""
+
+    name, label = "sgld", "SGLD"
+
+    def __init__(self, *, noise: str = "leimkuhler-matthews", minibatch_correction: bool = True):
+        super().__init__(noise, minibatch_correction)
 
     def init(self, position, potential, step_size) -> SGLDState:
         frac = minibatch_fraction(potential, step_size) if self.minibatch_correction else None
