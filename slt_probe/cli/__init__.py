@@ -2,7 +2,8 @@
 
 The top layer: one module per subsystem's subcommands. A module listed in ``COMMAND_MODULES`` exposes
 ``register(subparsers)``, which adds its parsers and sets ``func`` (called with the parsed
-namespace; its return value is the exit status).
+namespace; its return value is the exit status). The namespace also carries ``argv``, the
+arguments as given, so that generated pages can say which command made them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

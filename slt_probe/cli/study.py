@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+import optuna
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec, e.g. studies/omnigrok_alpha.toml")
@@ -99,7 +101,7 @@ def _worker(args) -> int:
 
 def _report(args) -> int:
     from slt_probe.studies.spec import load_study_spec
-    from slt_probe.studies.storage import default_storage_url
+    from slt_probe.studies.storage import default_storage_url, open_storage
     from slt_probe.studies.study import default_out_dir, default_report_dir
 
     spec = load_study_spec(args.spec)
@@ -110,7 +112,8 @@ def _report(args) -> int:
     except ImportError:
         print("slt_probe.reports.write_study_report is not available yet", file=sys.stderr)
         return 1
-    path = write_study_report(url, spec.name, args.report_dir or default_report_dir(spec))
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    path = write_study_report(study, args.report_dir or default_report_dir(spec))
     print(path)
     return 0
 

@@ -368,7 +368,7 @@ def run_study(
         except ImportError:
             log.warning("slt_probe.reports.write_study_report is not available: no HTML report")
         else:
-            path = write_study_report(url, spec.name, report_dir or default_report_dir(spec))
+            path = write_study_report(study, report_dir or default_report_dir(spec))
             log.info("study report: %s", path)
     return study
 
