@@ -29,6 +29,18 @@ def default_page(name: str) -> Path:
     return DEFAULT_DIR / f"{name}.md"
 
 
+def add_markdown_option(parser, name: str) -> None:
+    """``--markdown [PATH]`` on a benchmark's parser: without PATH, docs/benchmarks/NAME.md."""
+    default = default_page(name)
+    parser.add_argument(
+        "--markdown",
+        nargs="?",
+        const=str(default),
+        metavar="PATH",
+        help=f"also write the figures as a markdown page (PATH default {default})",
+    )
+
+
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU's ``model name`` from /proc/cpuinfo; the platform's word for it where that file
     is missing (not Linux) or names none."""

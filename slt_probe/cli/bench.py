@@ -238,9 +238,9 @@ def register(sub) -> None:
     s.add_argument(
         "--grokking-run",
         action="store_true",
-        help="train models/omnigrok_mnist.toml into --probe-run first (~4 minutes)",
+        help="train models/omnigrok_mnist.toml into --probe-run first (a full training run)",
     )
-    _markdown_option(s, "speed")
+    pages.add_markdown_option(s, "speed")
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
@@ -268,16 +268,5 @@ def register(sub) -> None:
         help="estimate_llc(compute_dtype=...): forward/backward passes in low precision",
     )
     a.add_argument("--json", default="reports/bench/accuracy.json")
-    _markdown_option(a, "accuracy")
+    pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
-
-
-def _markdown_option(parser, name: str) -> None:
-    default = pages.default_page(name)
-    parser.add_argument(
-        "--markdown",
-        nargs="?",
-        const=str(default),
-        metavar="PATH",
-        help=f"also write the figures as a markdown page (PATH default {default})",
-    )

@@ -9,7 +9,6 @@ from slt_probe.bench import pages
 from slt_probe.truth.validate import METHODS, run_validation, to_markdown, write_outputs
 
 DEFAULT_OUT = "reports/validate"
-DEFAULT_PAGE = pages.default_page("validate")
 
 
 def register(subparsers) -> None:
@@ -22,9 +21,7 @@ def register(subparsers) -> None:
             "validate.md, validate.html and validate.json."
         ),
     )
-    p.add_argument(
-        "--quick", action="store_true", help="three small cases, short chains (about a minute)"
-    )
+    p.add_argument("--quick", action="store_true", help="three small cases, short chains")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0, help="seed for data, w* and samplers")
     p.add_argument(
@@ -32,13 +29,7 @@ def register(subparsers) -> None:
         default="sgld,devinterp,nuts",
         help="comma-separated subset of sgld,devinterp,nuts (default all)",
     )
-    p.add_argument(
-        "--markdown",
-        nargs="?",
-        const=str(DEFAULT_PAGE),
-        metavar="PATH",
-        help=f"also write the table as a benchmark page (PATH default {DEFAULT_PAGE})",
-    )
+    pages.add_markdown_option(p, "validate")
     p.set_defaults(func=run)
 
 
