@@ -116,11 +116,12 @@ def run_validation(
 
 def _large_n_rrr(seed: int) -> TruthCase:
     """RRR 4-3-4 (r = 1) again at n = 10⁵: at n = 10⁴ the finite-n λ̂ of reduced-rank regression
-    sits ~10 % below λ even for an exact sampler; this row shows the gap closing with n."""
+    sits well below λ even for an exact sampler (a finite-n effect, not a sampler error); this
+    row shows the gap closing with n."""
     case = rrr_case(4, 3, 4, 1, n=100_000, seed=seed)
     case.name += "_n1e5"
-    # devinterp's estimator reads a DataLoader example by example: minibatches of nβ ≈ 8,700
-    # would take minutes here, for nothing the n = 10⁴ row does not already show
+    # devinterp's estimator reads a DataLoader example by example: at n = 10⁵ its chains cost
+    # far more than every other cell of the table, for nothing the n = 10⁴ row does not show
     case.info["skip_methods"] = {"devinterp": "skipped at n = 10⁵ (DataLoader cost)"}
     return case
 
