@@ -74,6 +74,9 @@ def test_bench_accuracy_over_seeds_and_in_lau_form(tmp_path, capsys, monkeypatch
     first = payload["rows"][0]
     assert f"| {first['llc']:.4g} |" in page and f"{100 * first['rel_error']:+.1f} %" in page
     assert "made with `--quick`" in page and "slt-probe bench accuracy --seeds 0 1 2" in page
+    median = payload["median_abs_rel_error_per_seed"][0]
+    assert f"| 0 | {100 * median:.1f} % |" in page
+    assert "| seed | median \\|error\\| | worst \\|error\\| |" in page  # pipes escaped
     assert payload["seeds"] == [0, 1]
     assert [r["seed"] for r in payload["rows"]] == [0, 0, 1, 1]
     assert len(payload["per_seed"]) == 2 and len(payload["median_abs_rel_error_per_seed"]) == 2

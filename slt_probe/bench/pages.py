@@ -85,7 +85,7 @@ def fmt(value, digits: int = 4) -> str:
 def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
     """A markdown table of ``rows`` with ``columns`` given as (key, header) pairs; a key a row
     lacks reads "–"."""
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(fmt(h) for _, h in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -120,8 +120,10 @@ def write_page(path: str | Path, text: str) -> Path:
     return path
 
 
-def _percent(x) -> str:
-    return f"{100 * x:+.1f} %" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
+def _percent(x, signed: bool = True) -> str:
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "–"
+    return f"{100 * x:+.1f} %" if signed else f"{100 * x:.1f} %"
 
 
 ACCURACY_COLUMNS = (
@@ -146,8 +148,8 @@ def accuracy_page(payload: dict, per_seed: list[dict], command: str, quick: bool
     summary = [
         {
             "seed": p["seed"],
-            "median": _percent(p["median_abs_rel_error"]),
-            "worst": _percent(p["worst_abs_rel_error"]),
+            "median": _percent(p["median_abs_rel_error"], signed=False),
+            "worst": _percent(p["worst_abs_rel_error"], signed=False),
             "rho": p["spearman_rho"],
             "ordered": p["order_preserved"],
             "pairs": "; ".join(
@@ -241,7 +243,7 @@ def speed_page(payload: dict, command: str) -> str:
     if share:
         lines.append(
             f"- The probe's share of the default grokking run ({share['run_dir']}, "
-            f"{share['status']}): {_percent(share['fraction']).lstrip('+')} of "
+            f"{share['status']}): {_percent(share['fraction'], signed=False)} of "
             f"{fmt(share['wall_time_s'], 3)} s."
         )
     sections = [
