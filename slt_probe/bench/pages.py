@@ -57,7 +57,7 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
 def machine_info() -> dict:
     """What a benchmark figure depends on: the date (UTC), CPU model and count, torch and its
-    threads, Python, slt_probe."""
+    threads, Python, slt_probe, and the 1-minute load average when the page was made."""
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -66,6 +66,8 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "slt_probe": __version__,
+        # other work on the machine slows every column; the load says how busy it was
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -101,6 +103,7 @@ def page(title: str, command: str, sections: Sequence[tuple[str, str]], note: st
             {"what": "torch", "value": f"{m['torch']} ({m['torch_threads']} threads)"},
             {"what": "Python", "value": m["python"]},
             {"what": "slt_probe", "value": m["slt_probe"]},
+            {"what": "load", "value": f"1-minute load average {fmt(m['load'], 3)}"},
         ],
         [("what", "made"), ("value", "")],
     )
@@ -225,9 +228,10 @@ the float32 matmul peak measured in the same run. Shared machines drift between 
 columns within one page, not across pages."""
 
 
-def speed_page(payload: dict, command: str) -> str:
+def speed_page(payload: dict, command: str, small: bool = False) -> str:
     """The page of ``slt-probe bench speed``: throughput table, matmul peak, time to a 5 %
-    standard error, and the probe's share of the default grokking run."""
+    standard error, and the probe's share of the default grokking run; ``small`` says the run
+    used fewer steps or repeats than the defaults."""
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in payload["matmul_gflops"].items())
     onednn = payload["onednn"]
     precision = payload.get("time_to_5pct_stderr") or {}
@@ -251,6 +255,12 @@ def speed_page(payload: dict, command: str) -> str:
         ("Other figures", "\n".join(lines)),
     ]
     note = (
+        "This page was made with fewer steps or repeats than the defaults: set-up costs weigh on "
+        "every column and one run's noise is not averaged out, so it shows what the page holds "
+        "more than what the engine does. "
+        if small
+        else ""
+    ) + (
         "Regenerate with `slt-probe bench speed --markdown` (chains 1 4 8 16, 200 steps, three "
         "repeats; add `--grokking-run` to train the default grokking run for the probe's share)."
     )

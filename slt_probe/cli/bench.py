@@ -60,6 +60,7 @@ SPEED_VARIANTS = {
     "vmap_indep_batches": {"shared_batch": False, "paired": False, **LAU},
     "vmap_bf16": {"compute_dtype": "bfloat16", **LAU},
 }
+SPEED_STEPS, SPEED_REPEATS = 200, 3  # defaults of `bench speed`
 SPEED_LOOPS = {"devinterp_loop": None, "devinterp_loop_bf16": torch.bfloat16}
 
 
@@ -136,7 +137,9 @@ def _speed(args) -> int:
     }
     _emit(payload, rows, args.json)
     if args.markdown:
-        path = pages.write_page(args.markdown, pages.speed_page(payload, _command(args)))
+        small = args.steps < SPEED_STEPS or args.repeats < SPEED_REPEATS
+        page = pages.speed_page(payload, _command(args), small=small)
+        path = pages.write_page(args.markdown, page)
         print(f"wrote {path}")
     return 0
 
@@ -223,12 +226,15 @@ def register(sub) -> None:
     s.add_argument(
         "--steps",
         type=int,
-        default=200,
+        default=SPEED_STEPS,
         help="SGLD steps per chain (DLN; the MLP runs /2, the transformer /4)",
     )
     s.add_argument("--json", default="reports/bench/speed.json")
     s.add_argument(
-        "--repeats", type=int, default=3, help="runs per figure, interleaved; the median is kept"
+        "--repeats",
+        type=int,
+        default=SPEED_REPEATS,
+        help="runs per figure, interleaved; the median is kept",
     )
     s.add_argument(
         "--probe-run",
