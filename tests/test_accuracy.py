@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slt_probe import estimate_llc
-from slt_probe.bench.accuracy import accuracy_table, benchmark_cases
+from slt_probe.bench.accuracy import accuracy_table, benchmark_cases, misordered_pairs
 from slt_probe.truth.cases import dln_case
 
 
@@ -60,8 +60,6 @@ def test_long_chains_at_a_singular_point_reach_stiffer_regions_and_say_so():
 
 
 def test_misordered_pairs_measure_each_flip_in_standard_errors():
-    from slt_probe.bench.accuracy import misordered_pairs
-
     rows = [
         {"case": "a", "true_llc": 2.0, "llc": 2.1, "llc_stderr": 0.1},
         {"case": "b", "true_llc": 18.0, "llc": 17.96, "llc_stderr": 0.2},

@@ -201,7 +201,10 @@ def test_study_report_links_every_trial(tmp_path):
                 },
             )
         )
-    path = write_study_report(storage, EVIL, tmp_path / "report")
+    # the caller opens the study; the report takes the Study, not a storage URL
+    path = write_study_report(
+        optuna.load_study(study_name=EVIL, storage=storage), tmp_path / "report"
+    )
     html = path.read_text()
     doc = parse(html)
     assert {"fig-history", "fig-importance", "fig-llc-vs-acc", "table-trials"} <= doc.ids
@@ -215,11 +218,17 @@ def test_study_report_links_every_trial(tmp_path):
 def test_study_report_with_one_trial_explains_missing_importances(tmp_path):
     import optuna
 
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(study_name="one", storage=storage)
+    study = optuna.create_study(study_name="one")  # in memory: any Study will do
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
-    html = write_study_report(storage, "one", tmp_path / "rep").read_text()
+    html = write_study_report(study, tmp_path / "rep").read_text()
     assert "at least 2 complete trials" in html
+    assert "1 complete" in html
+
+
+def test_study_report_refuses_a_storage_url(tmp_path):
+    with pytest.raises(TypeError, match=r"study must be an optuna\.Study .*got str"):
+        write_study_report(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from slt_probe.estimators.llc import estimate_llc
+from slt_probe.truth.cases import dln_case, normal_crossing_case, regular_case, rrr_case
 
 
 def benchmark_cases(quick: bool = False, seed: int = 0) -> tuple[list, list]:
@@ -26,8 +27,6 @@ def benchmark_cases(quick: bool = False, seed: int = 0) -> tuple[list, list]:
     Extra (reported, not in the criterion): normal crossings at w* = 0, whose zero Hessian and
     (for (w1·w2)², multiplicity 2) log log n correction make finite-n estimates fall below λ.
     """
-    from slt_probe.truth.cases import dln_case, normal_crossing_case, regular_case, rrr_case
-
     if quick:
         criterion = [
             regular_case(3, 1, seed=seed),

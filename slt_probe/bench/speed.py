@@ -18,16 +18,21 @@ SGLD step reaches, counting 6·B·(weights) FLOPs per chain-step for a Linear ne
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from slt_probe.estimators.llc import estimate_llc
+from slt_probe.sampling import onednn
 
 
 @dataclass
@@ -81,9 +86,6 @@ def mlp_workload(n: int = 1000, seed: int = 0) -> Workload:
 def transformer_workload(p: int = 53, seed: int = 0) -> Workload:
     """The modular-addition transformer of ``models/transformer.py`` (one layer, d = 128) on
     all p² pairs, cross-entropy, batch 128."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[2] / "models" / "transformer.py"
     if not path.exists():
         raise FileNotFoundError(
@@ -129,8 +131,7 @@ def devinterp_tight_loop(
 ) -> float:
     """Seconds for ``steps`` devinterp SGLD steps per chain, chains in sequence, tensors in memory
     (with ``autocast``, forward and loss under ``torch.autocast("cpu", autocast)``)."""
-    import copy
-
+    # deferred: devinterp is heavy and only this comparison column needs it
     from devinterp.optim.sgmcmc import SGMCMC
 
     x, y = w.data
@@ -155,6 +156,8 @@ def devinterp_tight_loop(
 
 
 def vmap_seconds(w: Workload, num_chains: int, steps: int, **options) -> float:
+    """Wall seconds of ``estimate_llc`` on the workload at its fixed ε, ``steps`` draws per chain
+    and no burn-in (set-up and diagnostics included); ``options`` go to estimate_llc."""
     res = estimate_llc(
         w.model,
         w.loss_fn,
@@ -170,35 +173,21 @@ def vmap_seconds(w: Workload, num_chains: int, steps: int, **options) -> float:
 
 
 def devinterp_seconds(w: Workload, num_chains: int, steps: int) -> float:
-    res = estimate_llc(
-        w.model,
-        w.loss_fn,
-        w.data,
-        step_size=w.step_size,
-        num_chains=num_chains,
-        num_draws=steps,
-        num_burnin=0,
-        batch_size=w.batch_size,
-        backend="devinterp",
-    )
-    return res.wall_time_s
+    """The same as :func:`vmap_seconds` through devinterp's own estimator."""
+    return vmap_seconds(w, num_chains, steps, backend="devinterp")
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5, product=None) -> float:
     """Dense float32 matmul FLOP/s on size × size matrices (best of repeats), of ``torch.mm`` or
     of ``product(a, b)`` (e.g. oneDNN's a @ bᵀ)."""
-    from slt_probe.sampling.onednn import best_of
-
     product = product or torch.mm
     a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2.0 * size**3 / best_of(lambda: product(a, b), repeats)
+    return 2.0 * size**3 / onednn.best_of(lambda: product(a, b), repeats)
 
 
 def matmul_peaks() -> dict[str, float]:
     """This machine's float32 matmul FLOP/s: ``torch.mm`` (the BLAS, MKL here) and, where the
     engine uses it, oneDNN (:mod:`slt_probe.sampling.onednn`); ``peak`` is the larger."""
-    from slt_probe.sampling import onednn
-
     peaks = {"torch_mm": matmul_peak_flops()}
     if onednn.enabled():
         peaks["onednn"] = matmul_peak_flops(product=onednn.product)
@@ -218,8 +207,6 @@ def compare(
     ``repeats`` runs, the variants taking turns within each repeat so that a slow spell of a
     shared machine hits all of them alike. ``loops`` names devinterp tight-loop columns and
     their autocast dtype (default: one float32 loop, ``devinterp_loop``)."""
-    import statistics
-
     loops = {"devinterp_loop": None} if loops is None else loops
     rows = []
     # Warm-up: imports, allocator and thread-pool start-up are not part of the throughput.

@@ -1,22 +1,34 @@
-"""``slt-probe bench speed|accuracy``: benchmarks that print their figures (table + JSON)."""
+"""``slt-probe bench speed|accuracy``: benchmarks that print their figures (table + JSON) and,
+with ``--markdown``, write them as a page under docs/benchmarks/ (:mod:`slt_probe.bench.pages`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
+import warnings
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from slt_probe.bench import accuracy, pages, speed
 from slt_probe.files import atomic_write_text
+from slt_probe.runs import run_spec
+from slt_probe.runs.rundir import RunDir
+from slt_probe.sampling import onednn
+from slt_probe.sampling.stacked import stacked_layers
+from slt_probe.truth.cases import dln_case
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _machine() -> dict:
-    import os
-
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": pages.cpu_model(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -24,8 +36,6 @@ def _machine() -> dict:
 
 
 def _emit(payload: dict, table, json_path: str | None) -> None:
-    import pandas as pd
-
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(pd.DataFrame(table).round(3).to_string(index=False))
     summary = {k: v for k, v in payload.items() if k != "rows"}
@@ -36,31 +46,26 @@ def _emit(payload: dict, table, json_path: str | None) -> None:
         print(f"wrote {json_path}")
 
 
-def _speed(args) -> int:
-    import warnings
+def _command(args) -> str:
+    return "slt-probe " + shlex.join(getattr(args, "argv", None) or ["bench", args.bench])
 
-    from slt_probe.bench import speed
-    from slt_probe.sampling.stacked import stacked_layers
 
-    warnings.filterwarnings("ignore")
-    from slt_probe.sampling import onednn
+# Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
+# correction) but "vmap_corrected", estimate_llc's default, whose set-up measures the minibatch
+# gradient noise (32 gradients) and whose noise costs one extra pass a step.
+LAU = {"sampler_options": {"noise": "independent"}, "minibatch_correction": False}
+SPEED_VARIANTS = {
+    "vmap": LAU,
+    "vmap_corrected": {},
+    "vmap_indep_batches": {"shared_batch": False, "paired": False, **LAU},
+    "vmap_bf16": {"compute_dtype": "bfloat16", **LAU},
+}
+SPEED_STEPS, SPEED_REPEATS = 200, 3  # defaults of `bench speed`
+SPEED_LOOPS = {"devinterp_loop": None, "devinterp_loop_bf16": torch.bfloat16}
 
-    peaks = speed.matmul_peaks()
-    peak = peaks["peak"]
-    print(
-        f"  float32 products through oneDNN: {'yes' if onednn.enabled() else 'no'} ({onednn.reason()})"
-    )
-    # Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
-    # correction); "vmap_corrected" is estimate_llc's default, whose set-up measures the
-    # minibatch gradient noise (32 gradients) and whose noise costs one extra pass a step.
-    lau = {"sampler_options": {"noise": "independent"}, "minibatch_correction": False}
-    variants = {
-        "vmap": lau,
-        "vmap_corrected": {},
-        "vmap_indep_batches": {"shared_batch": False, "paired": False, **lau},
-        "vmap_bf16": {"compute_dtype": "bfloat16", **lau},
-    }
-    loops = {"devinterp_loop": None, "devinterp_loop_bf16": torch.bfloat16}
+
+def _speed_rows(args, peak: float) -> list[dict]:
+    """chain-steps/s of every variant on every workload and chain count, with the ratios."""
     rows = []
     # enough steps that each estimator's fixed set-up (full-data L_n(w*), diagnostics) is small
     workloads = [
@@ -69,18 +74,18 @@ def _speed(args) -> int:
         (speed.transformer_workload(), max(args.steps // 4, 10)),
     ]
     for w, steps in workloads:
-        extra = {}
+        variants = dict(SPEED_VARIANTS)
         names = [k for k, p in w.model.named_parameters() if p.requires_grad]
         if stacked_layers(w.model, names) is not None:  # show what the hand-batched path buys
-            extra["vmap_generic"] = {"fast_path": False, **lau}
+            variants["vmap_generic"] = {"fast_path": False, **LAU}
+        flops = w.matmul_flops_per_chain_step()
         for row in speed.compare(
-            w, args.chains, steps, {**variants, **extra}, repeats=args.repeats, loops=loops
+            w, args.chains, steps, variants, repeats=args.repeats, loops=SPEED_LOOPS
         ):
             row["vmap_vs_devinterp"] = row["vmap"] / row["devinterp"]
             row["vmap_vs_devinterp_loop"] = row["vmap"] / row["devinterp_loop"]
             row["bf16_vmap_vs_devinterp_loop_bf16"] = row["vmap_bf16"] / row["devinterp_loop_bf16"]
             row["bf16_vmap_vs_devinterp_loop"] = row["vmap_bf16"] / row["devinterp_loop"]
-            flops = w.matmul_flops_per_chain_step()
             row["vmap_peak_fraction"] = row["vmap"] * flops / peak
             row["devinterp_loop_peak_fraction"] = row["devinterp_loop"] * flops / peak
             rows.append(row)
@@ -90,11 +95,18 @@ def _speed(args) -> int:
                 f"bf16: vmap {row['vmap_bf16']:.0f}/s, loop {row['devinterp_loop_bf16']:.0f}/s",
                 flush=True,
             )
-    from slt_probe.truth.cases import dln_case
+    return rows
 
+
+def _time_to_precision() -> dict:
+    """Seconds to a 5 % relative standard error on DLN 10-8-6-4 (rank 2) after the burn-in."""
     case = dln_case([10, 8, 6, 4], 2)
     seconds, draws, res = speed.seconds_to_precision(case, target=0.05)
-    precision = {
+    print(
+        f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({res.num_burnin} burn-in"
+        f" + {draws} draws/chain; λ̂ {res.llc_mean:.2f} vs λ {case.true_llc:g})"
+    )
+    return {
         "case": case.name,
         "true_llc": case.true_llc,
         "seconds": seconds,
@@ -104,37 +116,41 @@ def _speed(args) -> int:
         "rel_error": res.llc_mean / case.true_llc - 1.0,
         "num_burnin": res.num_burnin,
     }
+
+
+def _speed(args) -> int:
+    warnings.filterwarnings("ignore")
+    peaks = speed.matmul_peaks()
     print(
-        f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({res.num_burnin} burn-in"
-        f" + {draws} draws/chain; λ̂ {res.llc_mean:.2f} vs λ {case.true_llc:g})"
+        f"  float32 products through oneDNN: {'yes' if onednn.enabled() else 'no'} ({onednn.reason()})"
     )
-    probe_share = _probe_share(args)
+    rows = _speed_rows(args, peaks["peak"])
     payload = {
         "benchmark": "speed",
-        "matmul_peak_gflops": peak / 1e9,
+        "matmul_peak_gflops": peaks["peak"] / 1e9,
         "matmul_gflops": {k: v / 1e9 for k, v in peaks.items() if k != "peak"},
         "onednn": {"enabled": onednn.enabled(), "reason": onednn.reason()},
-        "time_to_5pct_stderr": precision,
-        "probe_share": probe_share,
+        "time_to_5pct_stderr": _time_to_precision(),
+        "probe_share": _probe_share(args),
         **_machine(),
         "rows": rows,
     }
     _emit(payload, rows, args.json)
+    if args.markdown:
+        small = args.steps < SPEED_STEPS or args.repeats < SPEED_REPEATS
+        page = pages.speed_page(payload, _command(args), small=small)
+        path = pages.write_page(args.markdown, page)
+        print(f"wrote {path}")
     return 0
 
 
 def _probe_share(args) -> dict | None:
     """The probe's share of wall time in the default grokking run (``models/omnigrok_mnist.toml``):
-    run it with ``--grokking-run`` (~4 minutes), else read the last one in ``--probe-run``."""
-    from pathlib import Path
-
-    from slt_probe.runs.rundir import RunDir
-
+    run it with ``--grokking-run`` (a full training run), else read the last one in
+    ``--probe-run``."""
     run_dir = Path(args.probe_run)
     if args.grokking_run:
-        from slt_probe.runs import run_spec
-
-        spec = Path(__file__).resolve().parents[2] / "models" / "omnigrok_mnist.toml"
+        spec = REPO / "models" / "omnigrok_mnist.toml"
         run_spec(spec, out_dir=str(run_dir.parent), name=run_dir.name, progress=False)
     summary = RunDir(run_dir).read_summary()
     if summary is None:
@@ -155,10 +171,6 @@ def _probe_share(args) -> dict | None:
 
 
 def _accuracy(args) -> int:
-    import warnings
-
-    from slt_probe.bench.accuracy import accuracy_table, benchmark_cases
-
     warnings.filterwarnings("ignore")
     kwargs = {"sampler": args.sampler}
     if args.quick:
@@ -177,9 +189,9 @@ def _accuracy(args) -> int:
     for seed in seeds:  # the seed draws the cases' data and the chains' randomness
         if len(seeds) > 1:
             print(f"seed {seed}:", flush=True)
-        criterion, extra = benchmark_cases(quick=args.quick, seed=seed)
-        rows, summary = accuracy_table(criterion, seed=seed, **kwargs)
-        extra_rows = accuracy_table(extra, seed=seed, **kwargs)[0] if extra else []
+        criterion, extra = accuracy.benchmark_cases(quick=args.quick, seed=seed)
+        rows, summary = accuracy.accuracy_table(criterion, seed=seed, **kwargs)
+        extra_rows = accuracy.accuracy_table(extra, seed=seed, **kwargs)[0] if extra else []
         for r in extra_rows:
             r["case"] += " (extra)"
         for r in rows + extra_rows:
@@ -200,6 +212,9 @@ def _accuracy(args) -> int:
     payload.update(_machine())
     payload["rows"] = all_rows
     _emit(payload, all_rows, args.json)
+    if args.markdown:
+        page = pages.accuracy_page(payload, per_seed, _command(args), quick=args.quick)
+        print(f"wrote {pages.write_page(args.markdown, page)}")
     return 0
 
 
@@ -211,12 +226,15 @@ def register(sub) -> None:
     s.add_argument(
         "--steps",
         type=int,
-        default=200,
+        default=SPEED_STEPS,
         help="SGLD steps per chain (DLN; the MLP runs /2, the transformer /4)",
     )
     s.add_argument("--json", default="reports/bench/speed.json")
     s.add_argument(
-        "--repeats", type=int, default=3, help="runs per figure, interleaved; the median is kept"
+        "--repeats",
+        type=int,
+        default=SPEED_REPEATS,
+        help="runs per figure, interleaved; the median is kept",
     )
     s.add_argument(
         "--probe-run",
@@ -226,8 +244,9 @@ def register(sub) -> None:
     s.add_argument(
         "--grokking-run",
         action="store_true",
-        help="train models/omnigrok_mnist.toml into --probe-run first (~4 minutes)",
+        help="train models/omnigrok_mnist.toml into --probe-run first (a full training run)",
     )
+    pages.add_markdown_option(s, "speed")
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
@@ -255,4 +274,5 @@ def register(sub) -> None:
         help="estimate_llc(compute_dtype=...): forward/backward passes in low precision",
     )
     a.add_argument("--json", default="reports/bench/accuracy.json")
+    pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)

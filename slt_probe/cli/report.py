@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from slt_probe.reports import write_run_report
+
 
 def _report(args) -> int:
-    from slt_probe.reports import write_run_report
-
     try:
         path = write_run_report(args.run_dir, args.out)
     except FileNotFoundError as exc:

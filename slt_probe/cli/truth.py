@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+
+from slt_probe.bench import pages
+from slt_probe.truth.validate import METHODS, run_validation, to_markdown, write_outputs
 
 DEFAULT_OUT = "reports/validate"
 
@@ -17,9 +21,7 @@ def register(subparsers) -> None:
             "validate.md, validate.html and validate.json."
         ),
     )
-    p.add_argument(
-        "--quick", action="store_true", help="three small cases, short chains (about a minute)"
-    )
+    p.add_argument("--quick", action="store_true", help="three small cases, short chains")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0, help="seed for data, w* and samplers")
     p.add_argument(
@@ -27,12 +29,11 @@ def register(subparsers) -> None:
         default="sgld,devinterp,nuts",
         help="comma-separated subset of sgld,devinterp,nuts (default all)",
     )
+    pages.add_markdown_option(p, "validate")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from slt_probe.truth.validate import METHODS, run_validation, to_markdown, write_outputs
-
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -42,5 +43,16 @@ def run(args: argparse.Namespace) -> int:
     print(to_markdown(rows, methods), end="")
     paths = write_outputs(rows, args.out, methods)
     print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
+    if args.markdown:
+        command = "slt-probe " + shlex.join(getattr(args, "argv", None) or ["validate"])
+        note = (
+            "This page was made with `--quick` (three small cases, short chains). "
+            if args.quick
+            else ""
+        ) + "Regenerate the full table with `slt-probe validate --markdown` (nine cases and RRR "
+        note += "4-3-4 at n = 10⁵; several minutes)."
+        body = to_markdown(rows, methods, title=None)
+        page = pages.page("Validation: λ̂ against closed-form λ", command, [("Table", body)], note)
+        print(f"wrote {pages.write_page(args.markdown, page)}")
     failed = any("error" in row.get(m, {}) for row in rows for m in methods)
     return 1 if failed else 0

@@ -57,6 +57,15 @@ def _mark_transitions(ax, transitions: dict | None, label: bool = False) -> None
             )
 
 
+def _step_axis(ax, transitions: dict | None, label: bool = False) -> None:
+    """A log training-step x axis with the transitions marked (named in the legend when
+    ``label``) and a legend when anything on it is labelled."""
+    ax.set_xscale("log")
+    _mark_transitions(ax, transitions, label=label)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+
+
 def _steps(df: pd.DataFrame) -> np.ndarray:
     return np.maximum(df["step"].to_numpy(dtype=float), 1.0)  # log axis: step 0 drawn at 1
 
@@ -88,10 +97,7 @@ def training_figure(metrics: pd.DataFrame, llc: pd.DataFrame, transitions: dict 
     ax_llc.set_ylabel("λ̂")
     ax_llc.set_xlabel("training step")
     for i, ax in enumerate(axes):
-        ax.set_xscale("log")
-        _mark_transitions(ax, transitions, label=i == 2)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=8)
+        _step_axis(ax, transitions, label=i == 2)
     fig.tight_layout()
     return to_svg(fig)
 
@@ -129,9 +135,7 @@ def effective_dimension_figure(llc: pd.DataFrame, transitions: dict | None) -> s
         ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("training step")
     ax.set_ylabel("dimension")
-    _mark_transitions(ax, transitions, label=True)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+    _step_axis(ax, transitions, label=True)
     fig.tight_layout()
     return to_svg(fig)
 
@@ -140,10 +144,9 @@ def weight_norm_figure(metrics: pd.DataFrame, transitions: dict | None) -> str:
     fig, ax = plt.subplots(figsize=(9, 3))
     if len(metrics) and "weight_norm" in metrics:
         ax.plot(_steps(metrics), metrics["weight_norm"].astype(float), color="#264653")
-    ax.set_xscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("‖w‖₂")
-    _mark_transitions(ax, transitions)
+    _step_axis(ax, transitions)
     fig.tight_layout()
     return to_svg(fig)
 

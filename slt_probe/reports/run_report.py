@@ -15,6 +15,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from slt_probe import __version__
 from slt_probe.files import atomic_write_text, read_jsonl
 from slt_probe.probe.transitions import summarise_transitions
 from slt_probe.reports import figures
@@ -168,7 +169,6 @@ def render_run_report(run: dict) -> str:
     versions = dict(run["config"].get("versions") or summary.get("versions") or {})
     versions["seed"] = run["config"].get("seed", summary.get("seed"))
     overhead = summary.get("probe_overhead_fraction")
-    from slt_probe import __version__
 
     return (
         environment()

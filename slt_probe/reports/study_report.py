@@ -1,18 +1,21 @@
 """One standalone HTML page per Optuna study, linking to a run report for every trial.
 
-The study is read from its storage (a journal file path or a database URL, as the studies
-package opens it); each trial's run directory (user attribute ``run_dir``) gets its own run
+The caller opens the study (:class:`optuna.Study`, from whatever storage it lives in) and passes
+it in: reports sit below studies in the package's layers, so this module knows nothing of how
+studies are stored. Each trial's run directory (user attribute ``run_dir``) gets its own run
 report under ``<out_dir>/trials/<number>/index.html``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import optuna
 import pandas as pd
 from markupsafe import Markup
+from optuna.trial import FrozenTrial, TrialState
 
+from slt_probe import __version__
 from slt_probe.files import atomic_write_text
 from slt_probe.reports import figures
 from slt_probe.reports.run_report import _fmt, environment, load_run, write_run_report
@@ -20,20 +23,7 @@ from slt_probe.reports.run_report import _fmt, environment, load_run, write_run_
 OUTCOMES = ("generalisation_step", "final_test_acc", "final_llc", "llc_peak", "lag_steps")
 
 
-def _load(storage, study_name: str):
-    import optuna
-
-    if isinstance(storage, (str, os.PathLike)):
-        from slt_probe.studies.storage import open_storage
-
-        storage = open_storage(str(storage))
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def _importances(study) -> tuple[dict, str]:
-    import optuna
-    from optuna.trial import TrialState
-
+def _importances(study: optuna.Study) -> tuple[dict, str]:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(done) < 2 or not done[0].params:
         return (
@@ -47,60 +37,72 @@ def _importances(study) -> tuple[dict, str]:
         return {}, f"Parameter importances could not be computed: {exc}"
 
 
-def render_study_report(study, out_dir: Path) -> str:
-    trials = study.get_trials(deepcopy=False)
-    param_names = sorted({k for t in trials for k in t.params})
+def _trial_row(t: FrozenTrial, param_names: list[str]) -> dict:
+    """The trial's numbers for the figures: parameters, objective values, outcomes."""
+    row = {
+        "number": t.number,
+        "state": t.state.name,
+        **{f"param:{k}": t.params.get(k) for k in param_names},
+    }
+    # a pruned trial's "value" is its last intermediate value (test error), not an objective
+    if t.state == TrialState.COMPLETE:
+        for i, v in enumerate(t.values or []):
+            row[f"value_{i}"] = v
+    for key in OUTCOMES:
+        v = t.user_attrs.get(key)
+        row[key] = v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return row
+
+
+def _trial_run(t: FrozenTrial, out_dir: Path) -> tuple[dict | None, str | None]:
+    """(the trial's run as :func:`load_run` reads it, link to its report), after writing the
+    report; (None, None) when the trial has no readable run directory."""
+    run_dir = t.user_attrs.get("run_dir")
+    if not run_dir or not Path(run_dir).is_dir():
+        return None, None
+    try:
+        run = load_run(run_dir)
+    except FileNotFoundError:
+        return None, None
+    write_run_report(run_dir, out_dir / "trials" / str(t.number), run=run)
+    return run, f"trials/{t.number}/index.html"
+
+
+def _trials(study: optuna.Study, param_names: list[str], out_dir: Path):
+    """(rows for the figures, rows for the HTML table, λ̂/accuracy curves per trial)."""
     rows, table, curves = [], [], []
-    for t in trials:
-        row = {
-            "number": t.number,
-            "state": t.state.name,
-            **{f"param:{k}": t.params.get(k) for k in param_names},
-        }
-        # a pruned trial's "value" is its last intermediate value (test error), not an objective
-        if t.state.name == "COMPLETE":
-            for i, v in enumerate(t.values or []):
-                row[f"value_{i}"] = v
-        for key in OUTCOMES:
-            v = t.user_attrs.get(key)
-            row[key] = v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    for t in study.get_trials(deepcopy=False):
+        row = _trial_row(t, param_names)
         rows.append(row)
-        href = None
-        run_dir = t.user_attrs.get("run_dir")
-        if run_dir and Path(run_dir).is_dir():
-            try:
-                run = load_run(run_dir)
-            except FileNotFoundError:
-                run = None
-            if run is not None:
-                write_run_report(run_dir, out_dir / "trials" / str(t.number), run=run)
-                href = f"trials/{t.number}/index.html"
-            if run is not None and param_names:
-                hue = t.params.get(param_names[0])
-                curves.append(
-                    {
-                        "hue": hue if isinstance(hue, (int, float)) else None,
-                        "metrics": pd.DataFrame(run["metrics"]),
-                        "llc": pd.DataFrame(run["llc"]),
-                    }
-                )
+        run, href = _trial_run(t, out_dir)
+        if run is not None and param_names:
+            hue = t.params.get(param_names[0])
+            curves.append(
+                {
+                    "hue": hue if isinstance(hue, (int, float)) else None,
+                    "metrics": pd.DataFrame(run["metrics"]),
+                    "llc": pd.DataFrame(run["llc"]),
+                }
+            )
+        complete = t.state == TrialState.COMPLETE
         table.append(
             {
                 "number": t.number,
                 "state": t.state.name,
                 "params": [_fmt(t.params.get(k)) for k in param_names],
-                "values": ", ".join(_fmt(v) for v in (t.values or [])) or "–"
-                if t.state.name == "COMPLETE"
+                "values": (", ".join(_fmt(v) for v in (t.values or [])) or "–")
+                if complete
                 else "–",
                 **{k: _fmt(row[k]) for k in OUTCOMES},
                 "href": href,
             }
         )
-    df = pd.DataFrame(rows)
-    objectives = study.metric_names or [
-        f"objective {i} ({d.name.lower()})" for i, d in enumerate(study.directions)
-    ]
-    param_figs = []
+    return rows, table, curves
+
+
+def _param_figures(df: pd.DataFrame, param_names: list[str]) -> list[dict]:
+    """Each numeric parameter against the outcomes (log x-axis when it spans > 20×)."""
+    figs = []
     for name in param_names:
         col = f"param:{name}"
         numeric = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(dtype=float)
@@ -111,27 +113,26 @@ def render_study_report(study, out_dir: Path) -> str:
         span = numeric.max() / numeric.min() if positive and numeric.min() > 0 else 1.0
         for y in ("generalisation_step", "final_llc", "final_test_acc"):
             if data[y].notna().any():
-                param_figs.append(
-                    {
-                        "svg": Markup(
-                            figures.scatter_figure(
-                                data,
-                                name,
-                                y,
-                                hue="final_llc" if y != "final_llc" else "final_test_acc",
-                                log_x=positive and span > 20,
-                            )
-                        ),
-                        "caption": f"{name} against {y.replace('_', ' ')}",
-                    }
+                hue = "final_llc" if y != "final_llc" else "final_test_acc"
+                svg = figures.scatter_figure(data, name, y, hue=hue, log_x=positive and span > 20)
+                figs.append(
+                    {"svg": Markup(svg), "caption": f"{name} against {y.replace('_', ' ')}"}
                 )
-    importances, note = _importances(study)
-    from optuna.trial import TrialState
+    return figs
 
+
+def render_study_report(study: optuna.Study, out_dir: Path) -> str:
+    """The study page's HTML; writes every trial's run report under ``out_dir/trials/``."""
+    trials = study.get_trials(deepcopy=False)
+    param_names = sorted({k for t in trials for k in t.params})
+    rows, table, curves = _trials(study, param_names, Path(out_dir))
+    df = pd.DataFrame(rows)
+    objectives = study.metric_names or [
+        f"objective {i} ({d.name.lower()})" for i, d in enumerate(study.directions)
+    ]
+    importances, note = _importances(study)
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
     budget = study.user_attrs.get("n_trials_budget") or study.user_attrs.get("n_trials")
-    from slt_probe import __version__
-
     return (
         environment()
         .get_template("study.html")
@@ -142,7 +143,7 @@ def render_study_report(study, out_dir: Path) -> str:
             + (f" (budget {budget})" if budget else ""),
             objectives=", ".join(map(str, objectives)),
             fig_history=Markup(figures.history_figure(df, list(map(str, objectives)))),
-            param_figs=param_figs,
+            param_figs=_param_figures(df, param_names),
             fig_trajectories=Markup(figures.trajectories_figure(curves, param_names[0]))
             if curves
             else None,
@@ -157,14 +158,18 @@ def render_study_report(study, out_dir: Path) -> str:
     )
 
 
-def write_study_report(storage, study_name: str, out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/index.html`` for the study in ``storage`` and return its path."""
-    study = _load(storage, study_name)
+def write_study_report(study: optuna.Study, out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/index.html`` for ``study`` (and a run report per trial beneath it) and
+    return its path. The caller opens the study from its storage (``optuna.load_study``)."""
+    if not isinstance(study, optuna.Study):
+        raise TypeError(
+            f"study must be an optuna.Study (open it with optuna.load_study), "
+            f"got {type(study).__name__}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
-    html = render_study_report(study, out)
-    atomic_write_text(path, html)
+    atomic_write_text(path, render_study_report(study, out))
     return path
 
 

@@ -1,8 +1,9 @@
 """Ground truth for λ̂: closed-form learning coefficients, models with known λ, and an exact
 (NUTS) reference sampler.
 
-``formulas`` (pure Python) and ``cases`` (torch) import eagerly; ``bridge``/``nuts`` import JAX
-only when called, so ``import slt_probe.truth`` stays light.
+JAX and numpyro are imported only inside the functions of ``bridge`` and ``nuts`` that run
+them: they are heavy, and only the NUTS reference needs them, so ``import slt_probe.truth`` stays
+light.
 """
 
 from slt_probe.truth.cases import (
@@ -25,25 +26,12 @@ from slt_probe.truth.formulas import (
     rrr_llc,
     rrr_multiplicity,
 )
-
-
-def nuts_llc(*args, **kwargs):
-    """Lazy alias of :func:`slt_probe.truth.nuts.nuts_llc` (imports JAX on first call)."""
-    from slt_probe.truth.nuts import nuts_llc as _nuts_llc
-
-    return _nuts_llc(*args, **kwargs)
-
-
-def wbic_llc(*args, **kwargs):
-    """Lazy alias of :func:`slt_probe.truth.nuts.wbic_llc` (imports JAX on first call)."""
-    from slt_probe.truth.nuts import wbic_llc as _wbic_llc
-
-    return _wbic_llc(*args, **kwargs)
-
+from slt_probe.truth.nuts import NUTSResult, nuts_llc, wbic_llc
 
 __all__ = [
     "CASES",
     "MonomialRegression",
+    "NUTSResult",
     "TruthCase",
     "dln_case",
     "dln_llc",

@@ -2,9 +2,10 @@
 
 Supported: ``nn.Linear`` and elementwise activations (ReLU, Tanh, GELU, Sigmoid, Identity,
 LeakyReLU), nested ``nn.Sequential`` of those, and the truth cases' ``MonomialRegression``.
-Anything else raises a ``TypeError`` naming the layer. JAX is imported lazily (``import
-slt_probe`` does not import it) and runs on CPU in float64 (x64 is enabled on first use, so the
-JAX loss matches torch's to rounding).
+Anything else raises a ``TypeError`` naming the layer. JAX is imported inside :func:`jax_cpu`,
+on first use, because it is heavy and only the NUTS reference needs it (``import slt_probe``
+does not import it); it runs on CPU in float64 (x64 is enabled on first use, so the JAX loss
+matches torch's to rounding).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from collections.abc import Callable
 
 from torch import nn
 
+from slt_probe.truth.cases import MonomialRegression
+
 SUPPORTED = ("Linear", "ReLU", "Tanh", "GELU", "Sigmoid", "Identity", "LeakyReLU", "Sequential")
 
 
 def jax_cpu():
     """Import jax configured for CPU and float64 (idempotent)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax
+    import jax  # deferred: heavy, and only the NUTS reference needs it
 
     jax.config.update("jax_enable_x64", True)
     return jax
@@ -64,8 +67,6 @@ def torch_to_jax(model: nn.Module) -> tuple[list[dict], Callable]:
     {"w"} for MonomialRegression), in forward order; the flattening order of
     ``jax.flatten_util.ravel_pytree`` on it is stable, so a flat vector maps back to layers.
     """
-    from slt_probe.truth.cases import MonomialRegression
-
     jax = jax_cpu()
     jnp = jax.numpy
 
@@ -114,8 +115,6 @@ def torch_to_jax(model: nn.Module) -> tuple[list[dict], Callable]:
 def is_affine_in_input(model: nn.Module) -> bool:
     """True when model(x) = F(w)·x + c(w) (only Linear/Identity layers, or MonomialRegression):
     then the half-squared loss depends on the data only through its first two moments."""
-    from slt_probe.truth.cases import MonomialRegression
-
     if isinstance(model, MonomialRegression):
         return True
     return all(isinstance(m, (nn.Linear, nn.Identity)) for _, m in _flatten(model))

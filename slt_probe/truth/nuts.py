@@ -10,7 +10,8 @@ finite-n, finite-γ estimate can reach.
 Also ``wbic_llc``: Watanabe's (2013) two-temperature estimate
 λ̂ = (E_β1[nL_n] − E_β2[nL_n]) / (1/β1 − 1/β2), and the variance form λ̂ ≈ β²·Var_β[nL_n].
 
-JAX runs on CPU in float64 and is imported only when these functions are called.
+JAX runs on CPU in float64. JAX and numpyro are imported only when these functions are called
+(inside them, on purpose): they are heavy, and nothing else in the package needs them.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from torch import nn
 
+from slt_probe.estimators.inputs import as_tensors
+from slt_probe.estimators.llc import estimate_llc
 from slt_probe.truth.bridge import is_affine_in_input, jax_cpu, jax_loss, torch_to_jax
 from slt_probe.truth.cases import TruthCase
 
 
 def default_localization() -> float:
     """The γ default of :func:`slt_probe.estimate_llc`, so both samplers target the same p(w)."""
-    from slt_probe import estimate_llc
-
     return float(inspect.signature(estimate_llc).parameters["localization"].default)
 
 
@@ -86,8 +87,6 @@ def _as_problem(model_or_case, loss_fn_name, data):
         )
     if data is None:
         raise ValueError("data (X, Y) is required when passing a model rather than a TruthCase")
-    from slt_probe.estimators.inputs import as_tensors
-
     return model_or_case, loss_fn_name or "half_sq", as_tensors(data)
 
 
@@ -108,7 +107,7 @@ def _setup(model_or_case, loss_fn_name, data):
     """
     jax = jax_cpu()
     jnp = jax.numpy
-    from jax.flatten_util import ravel_pytree
+    from jax.flatten_util import ravel_pytree  # deferred with jax (module docstring)
 
     model, loss_name, (x, y) = _as_problem(model_or_case, loss_fn_name, data)
     params, apply_fn = torch_to_jax(model)
@@ -158,7 +157,7 @@ def _sample(
 ):
     jax = jax_cpu()
     jnp = jax.numpy
-    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer import MCMC, NUTS  # deferred: heavy (module docstring)
 
     def potential(flat):
         return nbeta * loss_n(flat) + 0.5 * localization * jnp.sum((flat - flat0) ** 2)
@@ -216,7 +215,7 @@ def nuts_llc(
     All chains start at w*; λ̂ per chain = nβ·(mean L_n over draws − L_n(w*)); llc_std is the
     spread over chains; r_hat and ess are numpyro's split-R̂ and ESS of the L_n trace.
     """
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # deferred
 
     _check_counts(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains)
     if chain_method not in ("vectorized", "sequential"):

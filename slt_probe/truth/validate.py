@@ -3,10 +3,10 @@
 For each case of :func:`slt_probe.truth.cases.standard_cases` (plus, in the full table, RRR
 4-3-4 at n = 10⁵ to show the finite-n gap closing): the true λ; λ̂ from ``estimate_llc`` with
 the vmap backend (default arguments: SGLD, step_size="auto"); λ̂ from the devinterp backend
-(devinterp 1.3.2's own estimator at the step size the vmap run calibrated; shorter chains, it is
-~10× slower); and λ̂ from NUTS on the same localised posterior (an exact sampler with full-batch
-loss: the finite-n reference, free of SG-MCMC bias); each with its relative error (λ̂/λ − 1) and
-seconds.
+(devinterp 1.3.2's own estimator at the step size the vmap run calibrated; shorter chains, as
+it runs chain after chain); and λ̂ from NUTS on the same localised posterior (an exact sampler
+with full-batch loss: the finite-n reference, free of SG-MCMC bias); each with its relative
+error (λ̂/λ − 1) and seconds.
 Written as markdown (``validate.md``), escaped HTML (``validate.html``) and JSON
 (``validate.json``).
 """
@@ -19,13 +19,15 @@ import math
 import time
 from pathlib import Path
 
+from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import atomic_write_text
 from slt_probe.truth.cases import TruthCase, rrr_case, standard_cases
+from slt_probe.truth.nuts import nuts_llc
 
 METHODS = ("sgld", "devinterp", "nuts")
 
-# Chain lengths. "sgld" runs estimate_llc with its defaults (what a user gets); devinterp is
-# ~10x slower per chain-step, so it gets shorter chains.
+# Chain lengths. "sgld" runs estimate_llc with its defaults (what a user gets); devinterp steps
+# its chains one after another, far slower per chain-step, so it gets shorter chains.
 SETTINGS = {
     "quick": {
         "sgld": {},
@@ -43,13 +45,9 @@ SETTINGS = {
 def _estimate(method: str, case: TruthCase, settings: dict, seed: int) -> dict:
     start = time.perf_counter()
     if method == "nuts":
-        from slt_probe.truth.nuts import nuts_llc
-
         res = nuts_llc(case, seed=seed, **settings)
         extra = {"r_hat": res.r_hat, "divergent": res.num_divergent}
     else:
-        from slt_probe import estimate_llc
-
         backend = "vmap" if method == "sgld" else "devinterp"
         res = estimate_llc(
             case.model, case.loss_fn, case.data, backend=backend, seed=seed, **settings
@@ -118,11 +116,12 @@ def run_validation(
 
 def _large_n_rrr(seed: int) -> TruthCase:
     """RRR 4-3-4 (r = 1) again at n = 10⁵: at n = 10⁴ the finite-n λ̂ of reduced-rank regression
-    sits ~10 % below λ even for an exact sampler; this row shows the gap closing with n."""
+    sits well below λ even for an exact sampler (a finite-n effect, not a sampler error); this
+    row shows the gap closing with n."""
     case = rrr_case(4, 3, 4, 1, n=100_000, seed=seed)
     case.name += "_n1e5"
-    # devinterp's estimator reads a DataLoader example by example: minibatches of nβ ≈ 8,700
-    # would take minutes here, for nothing the n = 10⁴ row does not already show
+    # devinterp's estimator reads a DataLoader example by example: at n = 10⁵ its chains cost
+    # far more than every other cell of the table, for nothing the n = 10⁴ row does not show
     case.info["skip_methods"] = {"devinterp": "skipped at n = 10⁵ (DataLoader cost)"}
     return case
 
@@ -173,9 +172,11 @@ NOTE = (
 )
 
 
-def to_markdown(rows: list[dict], methods=METHODS, title: str = "λ̂ validation") -> str:
+def to_markdown(rows: list[dict], methods=METHODS, title: str | None = "λ̂ validation") -> str:
+    """The table as markdown, with the note and any error or skip below it; ``title`` (a level-1
+    heading) is left out when None, for pages that give their own."""
     header, body = table(rows, methods)
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |"]
+    lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += ["", NOTE, ""]
