@@ -160,7 +160,8 @@ def extrapolate(sampled: Sampled, posterior: LocalPosterior, budget: Budget):
 def minibatch_noise_report(posterior: LocalPosterior, kernel: Kernel, step_size: float) -> dict:
     """What the minibatch-noise correction did at ``step_size`` (``diagnostics.minibatch_noise``)."""
     if "minibatch_correction" not in kernel.options():
-        return {"corrected": False, "reason": f"not applied: {kernel.name} has no correction"}
+        reason = f"not applied: {kernel.name} has no minibatch-noise correction"
+        return {"corrected": False, "reason": reason}
     if not kernel.corrects_minibatch_noise:
         return {"corrected": False, "reason": "switched off"}
     if posterior.full_batch:
