@@ -84,3 +84,22 @@ def test_extended_trace_keeps_a_diverged_chain_diverged():
     assert both.losses[0, :3].tolist() == [1.0, 2.0, 3.0]
     assert torch.isnan(both.losses[1, 1:]).all()  # its continuation from w* is not counted
     assert torch.equal(both.final_position, more.final_position)
+
+
+def test_probe_points_stop_when_trustworthy():
+    from slt_probe import LLCProbe
+
+    model, data, _ = linear_regression()
+    probe = LLCProbe(
+        half_sq,
+        data,
+        schedule=[0],
+        hessian=False,
+        num_burnin=300,
+        num_draws=200,
+        target_rse=0.03,
+    )
+    probe.step(0, model)
+    row = probe.rows[-1]
+    assert bool(row["precision_met"])
+    assert row["num_draws"] % 200 == 0 and row["num_draws"] > 200

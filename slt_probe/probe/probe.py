@@ -51,7 +51,7 @@ ROW_KEYS = (
     "minibatch_noise_fraction", "end_stiffness", "virial_ratio", "init_loss", "r_hat", "ess",
     "num_diverged", "warnings", "hessian_eff_dim", "hessian_eff_dim_stderr", "hessian_trace",
     "hessian_top_eigs", "hessian_scale", "hessian_z", "n_params", "weight_norm",
-    "probe_time_s", "loss_trace",
+    "probe_time_s", "loss_trace", "precision_met",
 )  # fmt: skip
 
 
@@ -269,6 +269,8 @@ class LLCProbe:
             "weight_norm": weight_norm(model),
             "probe_time_s": elapsed,
             "loss_trace": trace.tolist(),
+            # with target_rse: whether this point stopped because it was precise enough
+            "precision_met": d.precision.get("met"),
         }
         for key, value in metrics.items():
             row[key] = (
