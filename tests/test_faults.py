@@ -3,10 +3,13 @@ full disk (issue 19, defects 4 and 5 and the fault-injection list). Tiny DLN run
 
 import json
 import os
+import random
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from torch import nn
 
 from slt_probe.files import read_jsonl
 from slt_probe.probe import LLCProbe
+from slt_probe.reports import write_run_report
 from slt_probe.runs import run_spec
 from slt_probe.runs.posthoc import POSTHOC_FILE, estimate_checkpoints
 from slt_probe.runs.rundir import RunDir, RunDirError
@@ -190,3 +194,38 @@ def test_a_full_disk_stops_with_a_clear_error_and_resume_recovers(tmp_path):
     assert (
         resource.getrlimit(resource.RLIMIT_FSIZE)[0] == resource.RLIM_INFINITY
     )  # parent untouched
+
+
+_REPORT_WRITER = textwrap.dedent(
+    """
+    import sys
+    from slt_probe.reports import write_run_report
+
+    run_dir, out = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    while True:
+        write_run_report(run_dir, out)
+    """
+)
+
+
+def test_sigkill_during_report_writes_never_leaves_a_torn_report(reference, tmp_path):
+    """A report rewritten in a loop and SIGKILLed at seeded random moments: index.html is
+    always a whole page (the atomic rename), never a prefix of one."""
+    out = tmp_path / "report"
+    whole = write_run_report(reference.path, out).read_text(encoding="utf-8")
+    assert whole.rstrip().endswith("</html>")
+    rng = random.Random(19)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _REPORT_WRITER, str(reference.path), str(out)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        page = (out / "index.html").read_text(encoding="utf-8")
+        assert page.rstrip().endswith("</html>") and len(page) > 0.9 * len(whole)
