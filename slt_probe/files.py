@@ -210,7 +210,8 @@ def parse_toml_value(text: str) -> Any:
 
 
 class LockedError(RuntimeError):
-    """Another live process holds the folder's lock (the message names its pid)."""
+    """The folder cannot be locked for writing: another live process holds its lock (the
+    message names its pid), or the folder is not writable."""
 
 
 class FolderLock:
@@ -231,8 +232,14 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LockedError(
+                f"cannot lock {self.folder} for writing ({exc.strerror or exc}): a writer needs "
+                "a writable folder; copy it somewhere writable or write elsewhere (--out)"
+            ) from exc
         deadline = time.monotonic() + self.timeout
         while True:
             try:

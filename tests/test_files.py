@@ -97,3 +97,10 @@ def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path):
         assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(mask)
+
+
+def test_an_unwritable_folder_is_a_clear_lock_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # even root cannot make a folder under a file
+    with pytest.raises(LockedError, match="cannot lock .*file/run for writing"):
+        FolderLock(blocker / "run").acquire()
