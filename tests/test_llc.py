@@ -262,7 +262,7 @@ def test_virial_ratio_is_one_at_equilibrium_and_measures_heating():
 
 def test_virial_ratio_shows_chains_not_yet_spread_along_flat_directions():
     # At a singular w* the directions held only by γ = 1 need ~1/(εγ) ≫ 2,000 steps to spread:
-    # the ratio reads well below 1; below 0.5 (by 3 standard errors) it is a "cold" warning.
+    # the ratio reads well below 1; below 0.8 (by 3 standard errors) it is a "cold" warning.
     from slt_probe.truth.cases import dln_case
 
     case = dln_case([5, 4, 3, 4], 1, n=4000, seed=0)
@@ -270,7 +270,7 @@ def test_virial_ratio_shows_chains_not_yet_spread_along_flat_directions():
     ratio, stderr = res.diagnostics.virial["ratio"], res.diagnostics.virial["stderr"]
     assert 0.1 < ratio < 0.7
     cold = [w for w in res.diagnostics.warnings if "chains are cold" in w]
-    assert len(cold) == int(ratio + 3 * stderr < 0.5)
+    assert len(cold) == int(ratio + 3 * stderr < 0.8)
     assert not any("hotter" in w for w in res.diagnostics.warnings)
 
 

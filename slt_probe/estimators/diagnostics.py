@@ -18,10 +18,11 @@ STIFFNESS_WARN = 1.0
 #: Virial ratio above which the chains are flagged as hotter than the target (with 3 standard
 #: errors to spare): for a locally quadratic loss λ̂ is inflated by about as much.
 VIRIAL_WARN = 1.1
-#: Virial ratio below which the chains are flagged as cold (not yet spread over the localised
-#: posterior along its flat directions; λ̂ then describes a smaller neighbourhood and reads low),
-#: with 3 standard errors to spare.
-VIRIAL_COLD = 0.5
+#: Virial ratio below which the chains are flagged as cold, with 3 standard errors to spare. R
+#: is roughly the share of directions along which the chains have spread (each direction left at
+#: w* contributes 0 instead of 1), so below 0.8 a fifth or more of the localised posterior is
+#: unexplored and λ̂, which describes the neighbourhood reached, is likely low.
+VIRIAL_COLD = 0.8
 
 
 def _numpyro_diagnostics():
