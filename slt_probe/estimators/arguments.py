@@ -73,7 +73,14 @@ def _step_size(field, value):
         if value != "auto":
             raise ValueError(f"{field} must be a positive number or 'auto', got {value!r}")
         return value
-    return check_float(field, value, 0.0, strict=True)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number or 'auto', got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{field} must be a positive finite number, got {value!r}; or pass 'auto' to "
+            "calibrate it from the local curvature"
+        )
+    return float(value)
 
 
 def _extrapolate(field, value):
