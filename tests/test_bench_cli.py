@@ -29,7 +29,7 @@ def test_bench_speed_writes_every_row_and_ratio(tmp_path, capsys):
     assert page.startswith("# Benchmark: sampler throughput\n")
     assert page.count("| dln_4.4k |") == 2 and page.count("| transformer_modadd |") == 2
     assert f"| {payload['rows'][0]['vmap']:.4g} |" in page
-    assert "30 % of 200 s" in page
+    assert "30.0 % of 200 s" in page
     assert "fewer steps or repeats than the defaults" in page and "| load |" in page
     rows = payload["rows"]
     names = {r["workload"] for r in rows}
