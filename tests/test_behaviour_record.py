@@ -18,6 +18,7 @@ def test_estimate_matches_recording(key):
     case_name, label = key.split("|")
     got = record_one(CASES[case_name], dict(SETTINGS)[label])
     want = RECORDED[key]
-    # bitwise where the arithmetic is unchanged; a relative 1e-9 leaves room for a reordered sum
-    np.testing.assert_allclose(got["step_size"], want["step_size"], rtol=1e-9)
-    np.testing.assert_allclose(got["llc_per_chain"], want["llc_per_chain"], rtol=1e-7, atol=1e-9)
+    # within float tolerance: the curvature behind ε is a power iteration whose reductions
+    # depend on the thread count (a relative 1e-7 between 1 and 2 threads was seen)
+    np.testing.assert_allclose(got["step_size"], want["step_size"], rtol=1e-6)
+    np.testing.assert_allclose(got["llc_per_chain"], want["llc_per_chain"], rtol=1e-5, atol=1e-8)

@@ -151,7 +151,7 @@ def llc_main(args: argparse.Namespace) -> int:
         probe = row["probe_llc_mean"]
         stiff = row["end_stiffness"]
         print(
-            f"step {row['step']:>8}: λ̂ = {row['llc_mean']:.4g} ± {row['llc_stderr']:.2g}"
+            f"step {row['step']:>8}: λ̂ = {_num(row['llc_mean']):.4g} ± {_num(row['llc_stderr']):.2g}"
             + (f" (probe {probe:.4g})" if probe is not None else "")
             + f", ε = {row['step_size']:.3g}, R-hat {row['r_hat'] or float('nan'):.3f}"
             + (f", ε·a at end {stiff:.2g}" if stiff is not None else "")
@@ -177,6 +177,11 @@ def llc_main(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(rows)} checkpoint(s); rows in {args.out or Path(args.run_dir) / POSTHOC_FILE}")
     return 0
+
+
+def _num(value) -> float:
+    """A row's number for printing (JSON null, e.g. no spread with one chain, prints as nan)."""
+    return float("nan") if value is None else value
 
 
 def _write_report(run_dir: Path, summary: dict) -> None:
