@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from slt_probe.estimators.diagnostics import compute_diagnostics
 from slt_probe.estimators.posterior import Budget, LocalPosterior
 from slt_probe.estimators.recipes import calibrate
-from slt_probe.estimators.result import LLCResult, chain_summary
+from slt_probe.estimators.result import LLCResult
 from slt_probe.sampling.kernels import make_kernel
 
 
@@ -72,12 +72,9 @@ def estimate_llc_devinterp(
     diagnostics.calibration = calibration
     diagnostics.minibatch_noise = {"corrected": False, "reason": "devinterp's SGLD"}
     diagnostics.engine = {"optimizer": f"devinterp SGMCMC.{sampler}", "optimizer_kwargs": passed}
-    llc_mean, llc_std = chain_summary(llc)
-    return LLCResult(
-        llc_mean=llc_mean,
-        llc_std=llc_std,
-        llc_per_chain=llc,
-        loss_trace=trace,
+    return LLCResult.from_chains(
+        llc,
+        trace,
         init_loss=posterior.init_loss,
         step_size=float(step_size),
         nbeta=nbeta,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from slt_probe.estimators.diagnostics import compute_diagnostics
-from slt_probe.estimators.result import Diagnostics, LLCResult, chain_summary
+from slt_probe.estimators.result import Diagnostics, LLCResult
 
 
 class LLCEstimator:
@@ -86,12 +86,9 @@ class LLCEstimator:
             if draws
             else Diagnostics()
         )
-        llc_mean, llc_std = chain_summary(llc)
-        return LLCResult(
-            llc_mean=llc_mean,
-            llc_std=llc_std,
-            llc_per_chain=llc,
-            loss_trace=trace,
+        return LLCResult.from_chains(
+            llc,
+            trace,
             init_loss=self.init_loss,
             step_size=float(hyperparameters.get("step_size", float("nan"))),
             nbeta=self.nbeta,

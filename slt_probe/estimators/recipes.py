@@ -27,7 +27,7 @@ from slt_probe.estimators.diagnostics import (
     virial_check,
 )
 from slt_probe.estimators.posterior import Budget, LocalPosterior
-from slt_probe.estimators.result import LLCResult, chain_summary
+from slt_probe.estimators.result import LLCResult
 from slt_probe.sampling.driver import ChainTrace
 from slt_probe.sampling.kernel import Kernel
 
@@ -191,12 +191,9 @@ def summarise(
         extrapolation, llc_per_chain = extrapolate(sampled, posterior, budget)
         diagnostics.num_used_chains = int(np.isfinite(llc_per_chain).sum())
         eps_used = sampled.step_size
-    llc_mean, llc_std = chain_summary(llc_per_chain)
-    return LLCResult(
-        llc_mean=llc_mean,
-        llc_std=llc_std,
-        llc_per_chain=llc_per_chain,
-        loss_trace=losses,
+    return LLCResult.from_chains(
+        llc_per_chain,
+        losses,
         init_loss=posterior.init_loss,
         step_size=eps_used,
         nbeta=posterior.nbeta,

@@ -98,6 +98,19 @@ class LLCResult:
     compute_dtype: str | None = None
     sampler_options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_chains(cls, llc_per_chain, loss_trace, **fields) -> LLCResult:
+        """The result whose ``llc_mean`` and ``llc_std`` are :func:`chain_summary` of
+        ``llc_per_chain`` (the one reduction every backend uses); ``fields`` are the rest."""
+        mean, std = chain_summary(llc_per_chain)
+        return cls(
+            llc_mean=mean,
+            llc_std=std,
+            llc_per_chain=llc_per_chain,
+            loss_trace=loss_trace,
+            **fields,
+        )
+
     @property
     def llc_stderr(self) -> float:
         """Standard error of ``llc_mean`` across chains (std / √chains used)."""
