@@ -21,15 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from slt_probe.estimators.arguments import BACKENDS, check_arguments, kernel_for
-from slt_probe.estimators.calibration import Calibration
+from slt_probe.estimators.arguments import BACKENDS, check_arguments
 from slt_probe.estimators.devinterp_backend import estimate_llc_devinterp
-from slt_probe.estimators.inputs import check_model_for_vmap
-from slt_probe.estimators.posterior import Budget, LocalPosterior, default_nbeta
+from slt_probe.estimators.posterior import LocalPosterior, default_nbeta
 from slt_probe.estimators.recipes import calibrate, sample, sample_until_precise, summarise
 from slt_probe.estimators.result import LLCResult
 
-__all__ = ["BACKENDS", "calibrate_step_size_for", "default_nbeta", "estimate_llc"]
+__all__ = ["BACKENDS", "default_nbeta", "estimate_llc"]
 
 
 def estimate_llc(
@@ -153,35 +151,3 @@ def estimate_llc(
     if args["precision"] is None:
         return summary(sampled, budget)
     return sample_until_precise(posterior, kernel, budget, sampled, args["precision"], summary)
-
-
-def calibrate_step_size_for(
-    model,
-    loss_fn,
-    data,
-    *,
-    sampler="sgld",
-    localization=1.0,
-    nbeta=None,
-    batch_size=None,
-    seed=0,
-    num_chains=4,
-    num_burnin=1000,
-    accuracy=0.2,
-    device=None,
-    minibatch_correction=True,
-) -> Calibration:
-    """The step size ``estimate_llc(step_size="auto")`` would choose, with its reasons."""
-    check_model_for_vmap(model)
-    posterior = LocalPosterior.build(
-        model,
-        loss_fn,
-        data,
-        localization=localization,
-        nbeta=nbeta,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-    )
-    kernel = kernel_for(sampler, None, minibatch_correction)
-    return calibrate(posterior, kernel, Budget(num_chains, num_burnin, 1, seed), accuracy)

@@ -27,7 +27,7 @@ from slt_probe.estimators.diagnostics import (
     virial_check,
 )
 from slt_probe.estimators.posterior import Budget, LocalPosterior
-from slt_probe.estimators.result import LLCResult
+from slt_probe.estimators.result import LLCResult, chain_summary
 from slt_probe.sampling.driver import ChainTrace
 from slt_probe.sampling.kernel import Kernel
 
@@ -290,16 +290,19 @@ class Precision:
     max_steps: int
     max_rhat: float = 1.05
 
-    def unmet(self, result: LLCResult) -> list[str]:
-        """What ``result`` still lacks (empty when it is precise enough)."""
-        d, missing = result.diagnostics, []
+    def unmet(self, llc_per_chain: np.ndarray, diagnostics) -> list[str]:
+        """What λ̂ per chain and its trace diagnostics (:func:`compute_diagnostics`) still lack
+        (empty when precise enough); the standard error is that of :class:`LLCResult`."""
+        d, missing = diagnostics, []
         if d.num_used_chains < 4:
             missing.append(f"{d.num_used_chains} usable chains (R-hat needs >= 4)")
         elif not d.r_hat <= self.max_rhat:
             missing.append(f"R-hat {d.r_hat:.3f} > {self.max_rhat}")
         if any(w.startswith("loss trace still") for w in d.warnings):
             missing.append("the loss trace still drifts")
-        rse = result.llc_stderr / abs(result.llc_mean) if result.llc_mean else float("inf")
+        mean, std = chain_summary(llc_per_chain)
+        stderr = std / np.sqrt(max(d.num_used_chains, 1))
+        rse = stderr / abs(mean) if mean else float("inf")
         if not rse <= self.target_rse:
             missing.append(f"relative standard error {rse:.3g} > {self.target_rse}")
         return missing
@@ -315,17 +318,26 @@ def sample_until_precise(
 ) -> LLCResult:
     """Continue the chains of ``sampled`` (one step size) in rounds of ``budget.num_draws``
     steps until ``precision`` is met or ``precision.max_steps`` is spent, and return the
-    summary of all the draws (``summarise_fn(sampled, budget)``, also what each round is judged
-    on) with ``diagnostics.precision`` = {target_rse, max_steps, rounds, steps, met, missing}
-    and a warning when the budget ran out first."""
+    summary of all the draws (``summarise_fn(sampled, budget)``, computed once at the end) with
+    ``diagnostics.precision`` = {target_rse, max_steps, rounds, steps, met, missing} and a
+    warning when the budget ran out first. Each round is judged on the trace diagnostics alone
+    (R-hat, drift, spread): the curvature and virial checks of the summary are not needed to
+    decide whether to go on."""
     rounds, steps, round_size = 1, budget.num_steps, budget.num_draws
     while True:
-        result = summarise_fn(sampled, budget)
-        missing = precision.unmet(result)
+        eps, trace = sampled.last
+        _, excess, llc = chain_llc(trace, posterior.init_loss, posterior.nbeta, budget.num_burnin)
+        diagnostics = compute_diagnostics(
+            excess,
+            llc,
+            trace.diverged_at.numpy(),
+            nbeta=posterior.nbeta,
+            num_burnin=budget.num_burnin,
+        )
+        missing = precision.unmet(llc, diagnostics)
         more = min(round_size, precision.max_steps - steps)
         if not missing or more <= 0:
             break
-        eps, trace = sampled.last
         seed = budget.seed + 104729 * rounds  # each round its own minibatches and noise
         extra = posterior.chains(
             kernel, eps, more, seed, budget.num_chains, burnin=0, init_state=trace.final_state
@@ -333,6 +345,7 @@ def sample_until_precise(
         sampled = Sampled([(eps, trace.extend(extra))], sampled.step_size, sampled.retried)
         budget = Budget(budget.num_chains, budget.num_burnin, budget.num_draws + more, budget.seed)
         rounds, steps = rounds + 1, steps + more
+    result = summarise_fn(sampled, budget)
     result.diagnostics.precision = {
         "target_rse": precision.target_rse,
         "max_steps": precision.max_steps,
