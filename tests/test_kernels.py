@@ -453,10 +453,14 @@ def test_every_kernel_keeps_the_contract(name):
     potential = Potential(nbeta=10.0, localization=1.0, center=center)
     state = kernel.init(center.expand(4, d).clone(), potential, 1e-3)
     grad = torch.ones(4, d)
-    # blocks of rows step on their own, as the driver's threads do, each writing its rows only
-    for lo, hi in ((1, 3), (0, 1), (3, 4)):
+    # blocks of rows step on their own, as the driver's threads do, each writing its rows only;
+    # every block's rows are taken before any block writes (the driver's rule: a field a kernel
+    # creates on its first step must not appear, unfilled, to a block still starting)
+    blocks = ((1, 3), (0, 1), (3, 4))
+    parts = {lo: state.rows(lo, hi) for lo, hi in blocks}
+    for lo, hi in blocks:
         untouched = state.position[hi:].clone()
-        part = kernel.step(state.rows(lo, hi), grad[lo:hi], torch.zeros(hi - lo, d))
+        part = kernel.step(parts[lo], grad[lo:hi], torch.zeros(hi - lo, d))
         state.write_rows(part, lo, hi, Lock())
         assert state.position.shape == (4, d)
         assert torch.equal(state.position[hi:], untouched)

@@ -18,7 +18,7 @@ from slt_probe.estimators.inputs import check_model_for_vmap
 from slt_probe.estimators.posterior import Budget
 from slt_probe.estimators.recipes import AUTO_RETRIES, Precision
 from slt_probe.sampling.functional import resolve_dtype
-from slt_probe.sampling.kernel import Kernel
+from slt_probe.sampling.kernel import Kernel, check_choice, check_step_size
 from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
 
 #: The estimation backends: all chains as one batched computation, or devinterp's estimator.
@@ -54,13 +54,6 @@ def check_bool(field: str, value: Any) -> bool:
     return value
 
 
-def check_choice(field: str, value: Any, options) -> Any:
-    options = list(options)
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{field} must be one of {options}, got {value!r}")
-    return value
-
-
 def optional(check: Callable) -> Callable:
     def inner(field, value):
         return None if value is None else check(field, value)
@@ -75,12 +68,7 @@ def _step_size(field, value):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{field} must be a number or 'auto', got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{field} must be a positive finite number, got {value!r}; or pass 'auto' to "
-            "calibrate it from the local curvature"
-        )
-    return float(value)
+    return check_step_size(value, field)
 
 
 def _extrapolate(field, value):

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from slt_probe.estimators.arguments import check_bool, check_choice, check_float, check_int
+from slt_probe.estimators.arguments import check_bool, check_float, check_int
 from slt_probe.files import check_safe_name
 from slt_probe.probe.options import check_hessian_options, probe_estimator_defaults
+from slt_probe.sampling.kernel import check_choice
 
 
 class SpecError(ValueError):

@@ -183,22 +183,25 @@ class Kernel:
         return step_size * curvature
 
 
-def check_step_size(step_size: float) -> float:
-    """``step_size`` if it is a positive finite number, else a ``ValueError`` naming it."""
-    if isinstance(step_size, bool) or not (
-        isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0
-    ):
+def check_step_size(step_size: Any, field: str = "step_size") -> float:
+    """``step_size`` as a float if it is a positive finite number (not a bool), else a
+    ``ValueError`` naming ``field``. The one step-size range check: the driver and the
+    estimator's option table both use it."""
+    number = isinstance(step_size, (int, float)) and not isinstance(step_size, bool)
+    if not (number and math.isfinite(step_size) and step_size > 0):
         raise ValueError(
-            f"step_size must be a positive finite number, got {step_size}; "
-            "pass step_size='auto' to calibrate it from the local curvature."
+            f"{field} must be a positive finite number, got {step_size!r}; or pass 'auto' to "
+            "calibrate it from the local curvature"
         )
     return float(step_size)
 
 
-def check_choice(value: Any, choices: tuple, what: str) -> Any:
-    """``value`` if it is one of ``choices``, else a ``ValueError`` saying ``what`` it must be."""
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+def check_choice(field: str, value: Any, options) -> Any:
+    """``value`` if it is one of ``options`` (strings), else a ``ValueError`` naming ``field``
+    and listing the options. The one choice check of the package."""
+    options = list(options)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{field} must be one of {options}, got {value!r}")
     return value
 
 

@@ -54,7 +54,7 @@ class LangevinNoise(Kernel):
     label = "Langevin"
 
     def __init__(self, noise: str, minibatch_correction: bool):
-        self.noise = check_choice(noise, NOISES, f"{self.label} noise")
+        self.noise = check_choice(f"{self.label} noise", noise, NOISES)
         self.minibatch_correction = bool(minibatch_correction)
 
     @property
