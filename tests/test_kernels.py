@@ -5,6 +5,7 @@ import math
 from dataclasses import replace
 from threading import Lock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -89,6 +90,60 @@ def test_sgnht_samples_the_target_variance():
     a, h = 10.0, 0.03
     var = _gaussian_chain("sgnht", h, a, steps=8000, diffusion=0.5)
     assert var == pytest.approx(1.0 / a, rel=0.1)
+
+
+@pytest.mark.parametrize("h2a", [1.0, 2.0])
+def test_baoab_positions_are_exact_on_a_gaussian(h2a):
+    # BAOAB's configurational distribution is exact for quadratic U at every stable h (h²a < 4)
+    a = 100.0
+    var = _gaussian_chain("baoab", math.sqrt(h2a / a), a, friction=5.0)
+    assert var == pytest.approx(1.0 / a, rel=0.05)
+
+
+def _baoab_exact_variance(a, h, g, v, sigma):
+    """Stationary Var(w) of BAOAB on U = a/2·w² (nβ = a) with white gradient noise of variance
+    v and O-step noise scale σ: the recursion is linear in (w, p), so the covariance solves a
+    discrete Lyapunov equation."""
+    from scipy.linalg import solve_discrete_lyapunov
+
+    c = math.exp(-g * h)
+    s = math.sqrt(1 - c * c) * sigma
+    kick = np.array([[1.0, 0.0], [-h * a, 1.0]])  # p ← p − h·a·(w + δ)
+    drift = np.array([[1.0, h / 2], [0.0, 1.0]])
+    damp = np.array([[1.0, 0.0], [0.0, c]])
+    m = drift @ damp @ drift @ kick
+    noise = np.column_stack(
+        [drift @ damp @ drift @ np.array([0.0, -h * a]), drift @ np.array([0.0, s])]
+    )
+    cov = solve_discrete_lyapunov(m, noise @ np.diag([v, 1.0]) @ noise.T)
+    return float(cov[0, 0])
+
+
+def test_baoab_minibatch_noise_correction_removes_most_of_the_heating():
+    # the kick h·nβ·∇L_m brings h²·nβ²·v into p each step; here 40 % of the O step's 1 − c²
+    a, h, g = 100.0, 0.05, 5.0
+    c2 = math.exp(-2 * g * h)
+    v = 0.4 * (1 - c2) / (h * h * a * a)
+    hot = _gaussian_chain("baoab", h, a, grad_noise=v, friction=g)
+    corrected = _gaussian_chain("baoab", h, a, grad_noise=v, tell=True, friction=g)
+    exact_hot = _baoab_exact_variance(a, h, g, v, 1.0)
+    exact_corrected = _baoab_exact_variance(a, h, g, v, math.sqrt(0.6))
+    assert hot == pytest.approx(exact_hot, rel=0.05)
+    assert corrected == pytest.approx(exact_corrected, rel=0.05)
+    assert exact_hot * a > 1.3  # 40 % more heat, uncorrected
+    assert abs(exact_corrected * a - 1) < 0.25 * abs(exact_hot * a - 1)
+    assert _baoab_exact_variance(a, h, g, 0.0, 1.0) == pytest.approx(1 / a, rel=1e-9)
+    potential = Potential(a, 0.0, torch.zeros(4), gradient_noise_var=torch.full((4,), v))
+    report = make_kernel("baoab", friction=g).minibatch_noise(potential, h)
+    assert report["mean_fraction"] == pytest.approx(0.4)
+
+
+def test_baoab_friction_defaults_to_critical_damping_of_the_localisation():
+    kernel = make_kernel("baoab")
+    assert kernel.friction_for(Potential(1.0, 4.0, torch.zeros(2))) == pytest.approx(4.0)
+    assert kernel.friction_for(Potential(1.0, 0.0, torch.zeros(2))) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="BAOAB friction must be a positive number"):
+        make_kernel("baoab", friction=-1.0)
 
 
 def test_rmsprop_sgld_samples_the_target_variance():
@@ -300,7 +355,7 @@ def test_chain_groups_give_the_chains_of_one_block():
         for name, count in (("one block", 1), ("blocks", 2)):
             torch.set_num_threads(count)
             assert groups.num_groups(torch.device("cpu"), 3, flat.dim) == count
-            for sampler in ("sgld", "sgnht", "rmsprop_sgld"):
+            for sampler in ("sgld", "sgnht", "rmsprop_sgld", "baoab"):
                 traces[name, sampler] = _sample(
                     flat,
                     x,
@@ -319,7 +374,7 @@ def test_chain_groups_give_the_chains_of_one_block():
         torch.set_num_threads(threads)
     assert groups.num_groups(torch.device("cpu"), 1, 10**6) == 1  # one chain: nothing to split
     assert groups.num_groups(torch.device("cpu"), 8, 100) == 1  # small: Python-bound, no threads
-    for sampler in ("sgld", "sgnht", "rmsprop_sgld"):
+    for sampler in ("sgld", "sgnht", "rmsprop_sgld", "baoab"):
         one, split = traces["one block", sampler], traces["blocks", sampler]
         assert torch.allclose(one.losses, split.losses, rtol=1e-4)
         assert torch.allclose(one.final_position, split.final_position, rtol=1e-4, atol=1e-6)

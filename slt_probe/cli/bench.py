@@ -250,7 +250,7 @@ def register(sub) -> None:
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
-    a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld"])
+    a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld", "baoab"])
     a.add_argument("--seed", type=int, default=0)
     a.add_argument(
         "--seeds", type=int, nargs="+", help="several seeds (data and chains); overrides --seed"

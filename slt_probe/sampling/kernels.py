@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import inspect
 
+from slt_probe.sampling.baoab import BAOAB
 from slt_probe.sampling.kernel import Kernel
 from slt_probe.sampling.rmsprop_sgld import RMSPropSGLD
 from slt_probe.sampling.sgld import SGLD
 from slt_probe.sampling.sgnht import SGNHT
 
-KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (SGLD, SGNHT, RMSPropSGLD)}
+KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (SGLD, SGNHT, RMSPropSGLD, BAOAB)}
 
 
 def kernel_options(name: str) -> dict[str, object]:
