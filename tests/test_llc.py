@@ -358,7 +358,7 @@ def test_error_unknown_backend_and_sampler():
         estimate_llc(nn.Linear(3, 1), half_sq, _data(), sampler="sgnht", backend="devinterp")
 
 
-@pytest.mark.parametrize("sampler", ["sgnht", "rmsprop_sgld"])
+@pytest.mark.parametrize("sampler", ["sgnht", "rmsprop_sgld", "baoab"])
 def test_other_samplers_estimate_the_regular_llc(sampler):
     model, data, truth = linear_regression(n=4000)
     res = estimate_llc(
@@ -395,3 +395,55 @@ def test_fixed_step_size_is_never_changed_behind_the_user():
     res = estimate_llc(model, half_sq, data, step_size=1.0, num_draws=30, num_burnin=0)
     assert res.step_size == 1.0 and res.diagnostics.num_diverged == 4
     assert "main_run_retries" not in res.diagnostics.calibration
+
+
+def test_auto_sampler_is_full_batch_baoab_only_where_a_full_batch_step_is_cheap():
+    from slt_probe.estimators.arguments import FULL_BATCH_WORK, resolve_sampler
+
+    model, (x, y), _ = linear_regression(n=4000)  # d = 10
+    base = dict(
+        sampler="auto",
+        batch_size=None,
+        model=model,
+        data=(x, y),
+        backend="vmap",
+        step_size="auto",
+        sampler_options=None,
+    )
+    assert resolve_sampler(base) == ("baoab", 4000)
+    assert resolve_sampler(base | {"data": TensorDataset(x, y)}) == ("baoab", 4000)
+    assert resolve_sampler(base | {"data": DataLoader(TensorDataset(x, y), 50)}) == ("baoab", 4000)
+    # an explicit ε is SGLD's ε; options are SGLD's; a minibatch heats momentum methods
+    assert resolve_sampler(base | {"step_size": 1e-4}) == ("sgld", None)
+    assert resolve_sampler(base | {"sampler_options": {"noise": "independent"}}) == ("sgld", None)
+    assert resolve_sampler(base | {"batch_size": 100}) == ("sgld", 100)
+    assert resolve_sampler(base | {"batch_size": 4000}) == ("baoab", 4000)
+    assert resolve_sampler(base | {"backend": "devinterp"}) == ("sgld", None)
+    big = torch.zeros(FULL_BATCH_WORK // 10 + 1, 4)
+    assert resolve_sampler(base | {"data": (big, big)}) == ("sgld", None)
+    assert resolve_sampler(base | {"sampler": "sgnht"}) == ("sgnht", None)
+    assert resolve_sampler(base | {"sampler": "baoab", "step_size": 0.1}) == ("baoab", 4000)
+    assert resolve_sampler(base | {"sampler": "baoab", "batch_size": 100}) == ("baoab", 100)
+
+
+def test_auto_sampler_estimates_the_regular_llc_with_full_batch_baoab():
+    model, data, truth = linear_regression(n=4000)
+    res = estimate_llc(model, half_sq, data, sampler="auto", num_draws=1000, num_burnin=500)
+    assert (res.sampler, res.batch_size) == ("baoab", 4000)
+    assert res.llc_mean == pytest.approx(truth, rel=0.1)
+    assert res.diagnostics.r_hat < 1.1
+
+
+def test_baoab_spreads_along_flat_directions_where_sgld_is_still_cold():
+    # the case of test_virial_ratio_shows_chains_not_yet_spread_along_flat_directions: SGLD
+    # needs ~a_max/γ steps to cross the flat directions, BAOAB ~√(a_max/γ)
+    from slt_probe.truth.cases import dln_case
+
+    case = dln_case([5, 4, 3, 4], 1, n=4000, seed=0)
+    budget = dict(num_draws=1000, num_burnin=1000)
+    sgld = estimate_llc(case.model, case.loss_fn, case.data, sampler="sgld", **budget)
+    auto = estimate_llc(case.model, case.loss_fn, case.data, sampler="auto", **budget)
+    assert auto.sampler == "baoab"
+    assert sgld.diagnostics.virial["ratio"] < 0.7
+    assert 0.85 < auto.diagnostics.virial["ratio"] < 1.15
+    assert auto.llc_mean > sgld.llc_mean

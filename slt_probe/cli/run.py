@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from slt_probe.estimators.arguments import SAMPLERS
 from slt_probe.estimators.llc import BACKENDS
 from slt_probe.files import FolderLock, LockedError, check_safe_name
 from slt_probe.reports import write_run_report
@@ -22,7 +23,6 @@ from slt_probe.runs.posthoc import POSTHOC_FILE, estimate_checkpoints
 from slt_probe.runs.rundir import RunDir, RunDirError
 from slt_probe.runs.runner import run_spec
 from slt_probe.runs.spec import SpecError
-from slt_probe.sampling.kernels import KERNELS
 
 #: Errors of bad input or a busy/broken run directory: one line on stderr and exit code 2.
 RUN_ERRORS = (SpecError, FileNotFoundError, FileExistsError, LockedError, RunDirError)
@@ -109,7 +109,7 @@ def register(subparsers) -> None:
     q.add_argument("--localization", type=float, help="γ")
     q.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--sampler", choices=sorted(KERNELS))
+    q.add_argument("--sampler", choices=SAMPLERS)
     q.add_argument("--backend", choices=list(BACKENDS))
     q.add_argument("--compute-dtype", help="e.g. bfloat16 (checked as estimate_llc checks it)")
     q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")

@@ -24,6 +24,14 @@ from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
 #: The estimation backends: all chains as one batched computation, or devinterp's estimator.
 BACKENDS = ("vmap", "devinterp")
 
+#: ``sampler="auto"`` takes BAOAB on full-batch gradients while a full-batch step costs at most
+#: this many example × parameter products (n·d), else SGLD on minibatches: see
+#: :func:`resolve_sampler`.
+FULL_BATCH_WORK = 3 * 10**7
+
+#: What ``sampler=`` accepts: ``"auto"`` or a kernel's registry name.
+SAMPLERS = ("auto", *sorted(KERNELS))
+
 
 # --- checkers: (field, value) -> cleaned value, or TypeError/ValueError naming the field -------
 
@@ -110,7 +118,7 @@ def table(field, value):
 #: Type and range of every estimate_llc option (tests/test_probe.py holds that none is missing):
 #: the one table estimate_llc, LLCProbe and the run spec's [probe] section check against.
 ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "sampler": lambda f, v: check_choice(f, v, sorted(KERNELS)),
+    "sampler": lambda f, v: check_choice(f, v, SAMPLERS),
     "step_size": _step_size,
     "localization": lambda f, v: check_float(f, v, 0.0),
     "nbeta": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
@@ -167,6 +175,48 @@ def kernel_for(sampler: str, sampler_options: dict | None, minibatch_correction:
     return make_kernel(sampler, **options)
 
 
+def _num_examples(data: Any) -> int | None:
+    """n without converting the data: ``(X, Y)``, a ``DataLoader`` or a sized ``Dataset``
+    (``None`` where it cannot be told; the posterior's checks then speak)."""
+    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
+        return int(data[0].shape[0]) if len(data[0].shape) else None
+    data = getattr(data, "dataset", data)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def resolve_sampler(args: Mapping[str, Any]) -> tuple[str, int | None]:
+    """The kernel ``sampler="auto"`` stands for, and the batch size that goes with it.
+
+    At a singular w* the localised posterior has directions as flat as the localisation γ beside
+    directions of curvature a_max ≈ nβ·λ_max: SGLD needs ~a_max/γ steps to cross the flat ones,
+    underdamped Langevin (BAOAB) ~√(a_max/γ), but only on gradients without minibatch noise,
+    which heats momentum methods (:mod:`slt_probe.sampling.baoab`). So ``"auto"`` is BAOAB on
+    full-batch gradients when that is cheap — n·d ≤ :data:`FULL_BATCH_WORK`, the vmap backend,
+    ``step_size="auto"`` (an explicit ε is SGLD's ε, as it always was), no ``sampler_options``
+    (those are SGLD's) and no ``batch_size`` below n — and SGLD on minibatches otherwise.
+    ``sampler="baoab"`` without a ``batch_size`` is full-batch too.
+    """
+    sampler, batch = args["sampler"], args["batch_size"]
+    n = _num_examples(args["data"])
+    if sampler == "baoab" and batch is None:
+        return sampler, n  # its default: minibatch noise heats it
+    if sampler != "auto":
+        return sampler, batch
+    d = sum(p.numel() for p in args["model"].parameters() if p.requires_grad)
+    full_batch_fits = (
+        n is not None
+        and n * d <= FULL_BATCH_WORK
+        and (batch is None or batch >= n)
+        and args["backend"] == "vmap"
+        and args["step_size"] == "auto"
+        and not args["sampler_options"]
+    )
+    return ("baoab", n) if full_batch_fits else ("sgld", batch)
+
+
 def check_model(model: Any) -> None:
     """A module with trainable, finite parameters."""
     if not isinstance(model, nn.Module):
@@ -185,7 +235,8 @@ def check_model(model: Any) -> None:
 
 def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
     """Check the keyword arguments of ``estimate_llc`` (its ``locals()`` on entry) against
-    :data:`ESTIMATOR_CHECKS` and group them by the layer they configure: ``posterior`` (the
+    :data:`ESTIMATOR_CHECKS` and group them by the layer they configure: ``sampler`` (the kernel's
+    name, ``"auto"`` resolved by :func:`resolve_sampler`), ``posterior`` (the
     keywords of :meth:`LocalPosterior.build`), ``budget``, ``kernel`` (``None`` for the devinterp
     backend), ``factors`` (extrapolation), ``retries`` (divergence retries of
     ``step_size="auto"``) and ``precision`` (the stopping rule of ``target_rse``, or ``None``).
@@ -201,17 +252,19 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
             "compute_dtype is an option of the vmap backend; devinterp samples in the model's dtype"
         )
     step_size = args["step_size"]
+    sampler, batch_size = resolve_sampler(args)
     kernel = None
     if args["backend"] == "vmap":
-        kernel = kernel_for(args["sampler"], args["sampler_options"], args["minibatch_correction"])
+        kernel = kernel_for(sampler, args["sampler_options"], args["minibatch_correction"])
         check_model_for_vmap(args["model"])
     return {
-        "posterior": {
+        "sampler": sampler,
+        "posterior": {"batch_size": batch_size}
+        | {
             key: args[key]
             for key in (
                 "localization",
                 "nbeta",
-                "batch_size",
                 "seed",
                 "device",
                 "shared_batch",

@@ -65,7 +65,10 @@ def estimate_llc(
     loss_fn: ``loss_fn(output, target) -> scalar`` mean loss over a batch.
     data: ``(X, Y)`` tensors, a map-style ``Dataset`` or a ``DataLoader`` (its dataset is used;
         n is the dataset size).
-    sampler: ``"sgld"`` (default), ``"sgnht"`` or ``"rmsprop_sgld"``. SGLD and RMSProp-SGLD
+    sampler: ``"sgld"`` (default), ``"sgnht"``, ``"rmsprop_sgld"``, ``"baoab"`` (underdamped
+        Langevin, full-batch unless ``batch_size`` says otherwise) or ``"auto"``: BAOAB on
+        full-batch gradients where a full-batch step is cheap, else SGLD
+        (:func:`slt_probe.estimators.arguments.resolve_sampler` says when and why). SGLD and RMSProp-SGLD
         use Leimkuhler–Matthews noise by default (exact stationary variance on quadratic
         losses); ``sampler_options={"noise": "independent"}`` with
         ``minibatch_correction=False`` is the update of Lau et al. (2023), Li et al. (2016) and
@@ -130,7 +133,7 @@ def estimate_llc(
             loss_fn,
             posterior,
             budget,
-            sampler=sampler,
+            sampler=args["sampler"],
             step_size=step_size,
             accuracy=accuracy,
         )

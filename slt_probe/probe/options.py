@@ -80,11 +80,12 @@ def _check_like(field: str, value: Any, default: Any) -> Any:
 
 
 def check_sampler_options(sampler: str, options: Mapping | None, field: str) -> dict:
-    """``options`` as keyword arguments of the ``sampler`` kernel's constructor."""
+    """``options`` as keyword arguments of the ``sampler`` kernel's constructor (with
+    ``sampler="auto"``, options make it SGLD: :func:`slt_probe.estimators.arguments.resolve_sampler`)."""
     if options is None:
         return {}
     options = table(field, options)
-    known = kernel_options(sampler)
+    known = kernel_options("sgld" if sampler == "auto" else sampler)
     for key, value in options.items():
         if key not in known:
             raise ValueError(
