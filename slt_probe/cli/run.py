@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from slt_probe.estimators.arguments import SAMPLERS
+from slt_probe.estimators.arguments import samplers
 from slt_probe.estimators.llc import BACKENDS
 from slt_probe.files import FolderLock, LockedError, check_safe_name
 from slt_probe.reports import write_run_report
@@ -109,7 +109,7 @@ def register(subparsers) -> None:
     q.add_argument("--localization", type=float, help="γ")
     q.add_argument("--nbeta", type=float, help="nβ (default n / log n)")
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--sampler", choices=SAMPLERS)
+    q.add_argument("--sampler", choices=samplers())
     q.add_argument("--backend", choices=list(BACKENDS))
     q.add_argument("--compute-dtype", help="e.g. bfloat16 (checked as estimate_llc checks it)")
     q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")

@@ -29,8 +29,14 @@ BACKENDS = ("vmap", "devinterp")
 #: :func:`resolve_sampler`.
 FULL_BATCH_WORK = 3 * 10**7
 
-#: What ``sampler=`` accepts: ``"auto"`` or a kernel's registry name.
-SAMPLERS = ("auto", *sorted(KERNELS))
+#: What ``sampler=`` accepts besides a kernel's registry name.
+AUTO = "auto"
+
+
+def samplers() -> tuple[str, ...]:
+    """What ``sampler=`` accepts: ``"auto"`` or a name in the kernel registry (read now, so a
+    kernel registered later counts)."""
+    return (AUTO, *sorted(KERNELS))
 
 
 # --- checkers: (field, value) -> cleaned value, or TypeError/ValueError naming the field -------
@@ -118,7 +124,7 @@ def table(field, value):
 #: Type and range of every estimate_llc option (tests/test_probe.py holds that none is missing):
 #: the one table estimate_llc, LLCProbe and the run spec's [probe] section check against.
 ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "sampler": lambda f, v: check_choice(f, v, SAMPLERS),
+    "sampler": lambda f, v: check_choice(f, v, samplers()),
     "step_size": _step_size,
     "localization": lambda f, v: check_float(f, v, 0.0),
     "nbeta": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),

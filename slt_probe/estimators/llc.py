@@ -68,6 +68,7 @@ def estimate_llc(
     sampler: ``"sgld"`` (default), ``"sgnht"``, ``"rmsprop_sgld"``, ``"baoab"`` (underdamped
         Langevin, full-batch unless ``batch_size`` says otherwise) or ``"auto"``: BAOAB on
         full-batch gradients where a full-batch step is cheap, else SGLD
+        (:func:`slt_probe.estimators.arguments.resolve_sampler` says when and why)
         (:func:`slt_probe.estimators.arguments.resolve_sampler` says when and why). SGLD and RMSProp-SGLD
         use Leimkuhler–Matthews noise by default (exact stationary variance on quadratic
         losses); ``sampler_options={"noise": "independent"}`` with
