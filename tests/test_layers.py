@@ -3,10 +3,9 @@
 Layers, highest first (pyproject.toml ``[tool.importlinter]``): cli → bench → integrations →
 studies → reports → runs → probe → truth → estimators → geometry → sampling → files. A lower
 layer never imports a higher one, directly or through another module (import-linter follows
-chains). Own-package
-imports sit at module top, so the layering is visible and checked; the only ones allowed inside a
-function are those that defer a heavy optional dependency (jax, numpyro, devinterp), listed in
-``DEFERRED``.
+chains). Own-package imports sit at module top, so the layering is visible and checked; the only
+ones allowed inside a function are those that defer a heavy optional dependency (jax, numpyro,
+devinterp, lightning, transformers), listed in ``DEFERRED``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,12 @@ LAYERS = (
     "slt_probe.sampling",
     "slt_probe.files",
 )
-DEFERRED = {"slt_probe.estimators.devinterp_backend"}
+DEFERRED = {
+    "slt_probe.estimators.devinterp_backend",
+    # Lightning / Transformers are optional extras: the benchmark that needs one imports it
+    "slt_probe.integrations.lightning",
+    "slt_probe.integrations.transformers",
+}
 
 
 def _modules() -> list[Path]:
