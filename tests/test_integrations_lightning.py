@@ -105,3 +105,19 @@ def test_lightning_callback_refuses_bad_options_at_construction():
         LLCCallback(_data(), loss_fn="mse")
     with pytest.raises(ValueError, match="log_to"):
         LLCCallback(_data(), schedule=SCHEDULE, log_to="wandb")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lightning_callback_samples_where_the_model_lives(tmp_path):
+    x, y = _data()
+    cb = LLCCallback((x, y), schedule=[0, 50], **FAST)
+    module = MLP()
+    trainer = pl.Trainer(
+        max_steps=50, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    trainer.fit(module, loader)
+    assert list(cb.history["step"]) == [0, 50]
+    assert all(math.isfinite(v) for v in cb.history["llc_mean"])
+    assert next(module.parameters()).is_cuda

@@ -271,7 +271,8 @@ INTEGRATION_ROWS = (
     ("loop", "plain loop"),
     ("loop_probe", "plain loop + LLCProbe"),
     ("lightning", "Lightning fit"),
-    ("lightning_callback", "Lightning fit + LLCCallback"),
+    ("lightning_callback", "Lightning fit + LLCCallback (submodule='net')"),
+    ("lightning_callback_module", "Lightning fit + LLCCallback (whole module)"),
 )
 
 
@@ -280,7 +281,7 @@ def integrations_page(payload: dict, command: str, small: bool = False) -> str:
     own time, and what the probe and the callback each add against it."""
     wall, own = payload["wall_s"], payload["probe_time_s"]
     rows = [
-        {"variant": label, "wall": wall[key], "probe": own.get(key)}
+        {"variant": label, "wall": wall.get(key), "probe": own.get(key)}
         for key, label in INTEGRATION_ROWS
     ]
     times = table(rows, [("variant", "variant"), ("wall", "wall s (median)"), ("probe", "probe s")])
@@ -297,6 +298,14 @@ def integrations_page(payload: dict, command: str, small: bool = False) -> str:
             {
                 "what": "callback cost / plain-loop probe cost",
                 "value": payload["callback_cost_over_loop_cost"],
+            },
+            {
+                "what": "whole-module callback: added wall time / its probe time",
+                "value": payload.get("module_callback_cost_over_probe_time"),
+            },
+            {
+                "what": "whole-module callback cost / plain-loop probe cost",
+                "value": payload.get("module_callback_cost_over_loop_cost"),
             },
         ],
         [("what", "ratio"), ("value", "")],

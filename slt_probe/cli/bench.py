@@ -232,7 +232,8 @@ def _integrations(args) -> int:
     ]
     print(
         f"  callback cost / probe time {payload['callback_cost_over_probe_time']:.3f}, plain loop "
-        f"{payload['loop_cost_over_probe_time']:.3f} (on {payload['cpu_model']})"
+        f"{payload['loop_cost_over_probe_time']:.3f}, callback cost / loop probe cost "
+        f"{payload['callback_cost_over_loop_cost']:.3f} (on {payload['cpu_model']})"
     )
     _emit(payload, rows, args.json)
     if args.markdown:

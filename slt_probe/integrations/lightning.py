@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from slt_probe.integrations.common import finish_probe, probe_options
-from slt_probe.probe.notebook import ProbeHistory
+from slt_probe.probe.notebook import probe_history
 from slt_probe.probe.probe import LLCProbe
 from slt_probe.probe.sinks import PREFIX, row_scalars
 
@@ -133,7 +133,7 @@ class LLCCallback(pl.Callback):
     @property
     def history(self):
         """The probe's rows (:attr:`LLCProbe.history`); empty before the fit starts."""
-        return self.probe.history if self.probe is not None else ProbeHistory()
+        return self.probe.history if self.probe is not None else probe_history()
 
 
 def _log_artifact(logger, path: Path) -> None:

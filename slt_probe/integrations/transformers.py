@@ -35,7 +35,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from slt_probe.integrations.common import finish_probe, probe_options
-from slt_probe.probe.notebook import ProbeHistory
+from slt_probe.probe.notebook import probe_history
 from slt_probe.probe.probe import LLCProbe
 from slt_probe.probe.sinks import PREFIX, row_scalars
 
@@ -206,6 +206,6 @@ class LLCTrainerCallback(TrainerCallback):
             )
 
     @property
-    def history(self) -> ProbeHistory:
+    def history(self):
         """The probe's rows (:attr:`LLCProbe.history`); empty before training starts."""
-        return self.probe.history if self.probe is not None else ProbeHistory()
+        return self.probe.history if self.probe is not None else probe_history()

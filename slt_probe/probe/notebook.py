@@ -1,18 +1,19 @@
 """How a probe's history shows itself in Jupyter, and :meth:`LLCProbe.plot`'s figure.
 
-``probe.history`` is a :class:`ProbeHistory`: a pandas DataFrame in every respect (derived
-frames are plain DataFrames) whose notebook view adds, above the table, the λ̂ curve with its
-standard-error band and every warning of every probe point, escaped. Figures are
+``probe.history`` is a ``ProbeHistory`` (:func:`probe_history`): a pandas DataFrame in every
+respect (derived frames are plain DataFrames) whose notebook view adds, above the table, the λ̂
+curve with its standard-error band and every warning of every probe point, escaped. Figures are
 ``matplotlib.figure.Figure`` objects made without ``pyplot`` (see
-:mod:`slt_probe.estimators.notebook`).
+:mod:`slt_probe.estimators.notebook`). pandas and matplotlib are imported when first used, so
+that ``import slt_probe`` stays light.
 """
 
 from __future__ import annotations
 
 import html
+from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 
 from slt_probe.estimators.notebook import figure_svg, warnings_html
 
@@ -23,13 +24,15 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
-def _finite(df: pd.DataFrame, column: str) -> np.ndarray:
+def _finite(df, column: str) -> np.ndarray:
+    import pandas as pd
+
     if column not in df:
         return np.full(len(df), np.nan)
     return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
 
 
-def history_figure(df: pd.DataFrame, title: str | None = None):
+def history_figure(df, title: str | None = None):
     """λ̂ against training step with a ±2 standard-error band, and the Hessian effective
     dimension on a second axis when the probe measured it. An empty history gives an empty
     axis, not an error: a notebook shows the probe before its first point too."""
@@ -59,7 +62,7 @@ def history_figure(df: pd.DataFrame, title: str | None = None):
     return fig
 
 
-def _warning_lines(df: pd.DataFrame) -> list[str]:
+def _warning_lines(df) -> list[str]:
     if "warnings" not in df:
         return []
     lines = []
@@ -69,32 +72,52 @@ def _warning_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-class ProbeHistory(pd.DataFrame):
-    """``probe.history``: one row per probe point, shown in a notebook with its λ̂ curve."""
+def _history_html(plain) -> str:
+    if not len(plain):
+        return "<p><b>LLCProbe history</b>: no probe points yet.</p>"
+    first = [c for c in SUMMARY_COLUMNS if c in plain]
+    extra = [
+        c
+        for c in plain.columns
+        if c not in first
+        and c not in _SKIP
+        and plain[c].map(lambda v: isinstance(v, (int, float))).all()
+    ]
+    table = plain[first + extra].to_html(
+        index=False, float_format=lambda x: f"{x:.4g}", escape=True, na_rep="–"
+    )
+    svg = figure_svg(history_figure(plain))
+    return (
+        f"<div class='slt-probe-history'><p><b>LLCProbe history</b>: "
+        f"{html.escape(str(len(plain)))} probe points</p>{svg}"
+        f"{warnings_html(_warning_lines(plain))}{table}</div>"
+    )
 
-    @property
-    def _constructor(self):
-        return pd.DataFrame
 
-    def _repr_html_(self) -> str:
-        if not len(self):
-            return "<p><b>LLCProbe history</b>: no probe points yet.</p>"
-        plain = pd.DataFrame(self)
-        first = [c for c in SUMMARY_COLUMNS if c in plain]
-        extra = [
-            c
-            for c in plain.columns
-            if c not in first and plain[c].map(lambda v: isinstance(v, (int, float))).all()
-        ]
-        table = plain[first + [c for c in extra if c not in _SKIP]].to_html(
-            index=False, float_format=lambda x: f"{x:.4g}", escape=True, na_rep="–"
-        )
-        svg = figure_svg(history_figure(plain))
-        return (
-            f"<div class='slt-probe-history'><p><b>LLCProbe history</b>: "
-            f"{html.escape(str(len(plain)))} probe points</p>{svg}"
-            f"{warnings_html(_warning_lines(plain))}{table}</div>"
-        )
+@lru_cache(maxsize=1)
+def _history_class():
+    import pandas as pd
+
+    class ProbeHistory(pd.DataFrame):
+        """``probe.history``: one row per probe point, shown in a notebook with its λ̂ curve."""
+
+        @property
+        def _constructor(self):
+            return pd.DataFrame
+
+        def _repr_html_(self) -> str:
+            return _history_html(pd.DataFrame(self))
+
+        def __reduce__(self):  # pickled as the plain DataFrame it is (the class is local)
+            return pd.DataFrame(self).__reduce__()
+
+    return ProbeHistory
+
+
+def probe_history(rows=()):
+    """A probe's rows as a ``ProbeHistory`` DataFrame, sorted by step."""
+    df = _history_class()(list(rows))
+    return _history_class()(df.sort_values("step").reset_index(drop=True)) if len(df) else df
 
 
 #: Numeric columns too technical for the notebook summary (still in the DataFrame).

@@ -39,7 +39,7 @@ from slt_probe.probe.isolation import (
     restore_module_modes,
     restore_random_state,
 )
-from slt_probe.probe.notebook import ProbeHistory, history_figure
+from slt_probe.probe.notebook import history_figure, probe_history
 from slt_probe.probe.options import (
     HESSIAN_DEFAULTS,
     PROBE_DEFAULTS,
@@ -305,11 +305,10 @@ class LLCProbe:
         return row
 
     @property
-    def history(self) -> ProbeHistory:
+    def history(self):
         """One row per probe point (a pandas DataFrame, shown in Jupyter with its λ̂ curve and
         warnings), sorted by step."""
-        df = ProbeHistory(self.rows)
-        return ProbeHistory(df.sort_values("step").reset_index(drop=True)) if len(df) else df
+        return probe_history(self.rows)
 
     def plot(self, title: str | None = None):
         """λ̂ (± 2 standard errors) and the Hessian N_eff against step: a matplotlib Figure."""
