@@ -11,7 +11,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("tensorboard")
 
-from integration_checks import read_tensorboard_scalars  # noqa: E402
+from integration_checks import read_mlflow_metric, read_tensorboard_scalars  # noqa: E402
 
 from slt_probe.integrations.lightning import LLCCallback  # noqa: E402
 
@@ -69,12 +69,16 @@ def _fit(tmp_path, name, callbacks, loggers):
 
 
 def test_lightning_fit_with_callback_logs_llc_and_leaves_no_trace(tmp_path):
-    from lightning.pytorch.loggers import TensorBoardLogger
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+    from mlflow.tracking import MlflowClient
 
     plain, _ = _fit(tmp_path, "plain", [], False)
     cb = LLCCallback(_data(), schedule=SCHEDULE, report_dir=tmp_path / "report", **FAST)
     tb = TensorBoardLogger(tmp_path / "tb", name="", version="v0")
-    probed, trainer = _fit(tmp_path, "probed", [cb], [tb])
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    mlf = MLFlowLogger(experiment_name="lightning", tracking_uri=uri)
+    probed, trainer = _fit(tmp_path, "probed", [cb], [tb, mlf])
 
     # bit-identical weights: the probe left no trace on the run (RNG, dropout, mode, optimizer)
     for (name, a), (_, b) in zip(plain.named_parameters(), probed.named_parameters()):
@@ -96,6 +100,12 @@ def test_lightning_fit_with_callback_logs_llc_and_leaves_no_trace(tmp_path):
     # the report, written at the end of the fit and copied beside the event files
     assert (tmp_path / "report" / "index.html").is_file()
     assert (tmp_path / "tb" / "v0" / "index.html").is_file()
+    # the same scalars in the MLflow run, and the report as its artifact
+    logged = read_mlflow_metric(uri, mlf.run_id, "slt/llc_stderr")
+    assert [s for s, _ in logged] == SCHEDULE
+    assert [v for _, v in logged] == pytest.approx(list(hist["llc_stderr"]), rel=1e-6)
+    artifacts = MlflowClient(tracking_uri=uri).list_artifacts(mlf.run_id)
+    assert "index.html" in [a.path for a in artifacts]
 
 
 def test_lightning_callback_refuses_bad_options_at_construction():
