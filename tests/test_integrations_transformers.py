@@ -110,3 +110,25 @@ def test_hf_trainer_with_callback_logs_llc_and_leaves_no_trace(tmp_path, monkeyp
     mlf = read_mlflow_metric(uri, run.info.run_id, "slt/llc_mean")
     assert [s for s, _ in mlf] == SCHEDULE
     assert [v for _, v in mlf] == pytest.approx(list(hist["llc_mean"]), rel=1e-6)
+
+
+def test_trainer_callback_refuses_bad_input_naming_the_field():
+    with pytest.raises(TypeError, match="compute_loss"):
+        LLCTrainerCallback(_examples(), compute_loss="loss")
+    with pytest.raises(ValueError, match="log_to"):
+        LLCTrainerCallback(_examples(), schedule=SCHEDULE, log_to="wandb")
+    with pytest.raises(ValueError, match="num_draws"):
+        LLCTrainerCallback(_examples(), schedule=SCHEDULE, num_draws=-1)
+    with pytest.raises(ValueError, match="same, non-zero number of rows"):
+        pack_examples({"input_ids": torch.zeros(4, 3, dtype=torch.long), "labels": torch.zeros(3)})
+
+
+def test_groups_reach_the_probe_only_when_given(monkeypatch):
+    import slt_probe.integrations.common as common
+
+    made = []
+    monkeypatch.setattr(common, "LLCProbe", lambda *a, **kw: made.append(kw))
+    assert "groups" not in common.probe_options((None, None), [0], 1, None, None, {})
+    assert made[-1]["schedule"] == [0] and "groups" not in made[-1]
+    options = common.probe_options((None, None), [0], 1, None, {"head": ["lm_head"]}, {})
+    assert options["groups"] == made[-1]["groups"] == {"head": ["lm_head"]}
