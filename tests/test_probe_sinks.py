@@ -116,7 +116,7 @@ def test_probe_point_restores_random_streams_and_module_modes():
     assert model.training and model[0].training and not model[1].training
 
 
-def test_probe_with_probe_gives_the_weights_of_training_without():
+def test_training_with_the_probe_gives_the_weights_of_training_without():
     plain = _train(None)
     probed = _train(LLCProbe(nn.MSELoss(), _data(), schedule=[0, 30, 60], **FAST))
     for a, b in zip(plain.parameters(), probed.parameters()):
