@@ -77,7 +77,11 @@ def test_lightning_fit_with_callback_logs_llc_and_leaves_no_trace(tmp_path):
     cb = LLCCallback(_data(), schedule=SCHEDULE, report_dir=tmp_path / "report", **FAST)
     tb = TensorBoardLogger(tmp_path / "tb", name="", version="v0")
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    mlf = MLFlowLogger(experiment_name="lightning", tracking_uri=uri)
+    mlf = MLFlowLogger(
+        experiment_name="lightning",
+        tracking_uri=uri,
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
     probed, trainer = _fit(tmp_path, "probed", [cb], [tb, mlf])
 
     # bit-identical weights: the probe left no trace on the run (RNG, dropout, mode, optimizer)

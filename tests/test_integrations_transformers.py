@@ -80,6 +80,7 @@ def test_adapter_measures_the_loss_the_trainer_optimises():
 
 
 def test_hf_trainer_with_callback_logs_llc_and_leaves_no_trace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything MLflow puts beside the working directory stays here
     uri = "sqlite:///" + str(tmp_path / "mlruns.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "hf_test")
