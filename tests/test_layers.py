@@ -1,11 +1,11 @@
 """The package's shape: imports flow down the layers, modules and functions stay small.
 
-Layers, highest first (pyproject.toml ``[tool.importlinter]``): cli → bench → studies → reports →
-runs → probe → truth → estimators → geometry → sampling → files. A lower layer never imports a
-higher one, directly or through another module (import-linter follows chains). Own-package
-imports sit at module top, so the layering is visible and checked; the only ones allowed inside a
-function are those that defer a heavy optional dependency (jax, numpyro, devinterp), listed in
-``DEFERRED``.
+Layers, highest first (pyproject.toml ``[tool.importlinter]``): cli → bench → integrations →
+studies → reports → runs → probe → truth → estimators → geometry → sampling → files. A lower
+layer never imports a higher one, directly or through another module (import-linter follows
+chains). Own-package imports sit at module top, so the layering is visible and checked; the only
+ones allowed inside a function are those that defer a heavy optional dependency (jax, numpyro,
+devinterp, lightning, transformers), listed in ``DEFERRED``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MAX_FUNCTION_LINES = 80
 LAYERS = (
     "slt_probe.cli",
     "slt_probe.bench",
+    "slt_probe.integrations",
     "slt_probe.studies",
     "slt_probe.reports",
     "slt_probe.runs",
@@ -39,7 +40,12 @@ LAYERS = (
     "slt_probe.sampling",
     "slt_probe.files",
 )
-DEFERRED = {"slt_probe.estimators.devinterp_backend"}
+DEFERRED = {
+    "slt_probe.estimators.devinterp_backend",
+    # Lightning / Transformers are optional extras: the benchmark that needs one imports it
+    "slt_probe.integrations.lightning",
+    "slt_probe.integrations.transformers",
+}
 
 
 def _modules() -> list[Path]:

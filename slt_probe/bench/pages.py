@@ -265,3 +265,66 @@ def speed_page(payload: dict, command: str, small: bool = False) -> str:
         "repeats; add `--grokking-run` to train the default grokking run for the probe's share)."
     )
     return page("Benchmark: sampler throughput", command, sections, note)
+
+
+INTEGRATION_ROWS = (
+    ("loop", "plain loop"),
+    ("loop_probe", "plain loop + LLCProbe"),
+    ("lightning", "Lightning fit"),
+    ("lightning_callback", "Lightning fit + LLCCallback (submodule='net')"),
+    ("lightning_callback_module", "Lightning fit + LLCCallback (whole module)"),
+)
+
+
+def integrations_page(payload: dict, command: str, small: bool = False) -> str:
+    """The page of ``slt-probe bench integrations``: wall time of each variant, the probe's
+    own time, and what the probe and the callback each add against it."""
+    wall, own = payload["wall_s"], payload["probe_time_s"]
+    rows = [
+        {"variant": label, "wall": wall.get(key), "probe": own.get(key)}
+        for key, label in INTEGRATION_ROWS
+    ]
+    times = table(rows, [("variant", "variant"), ("wall", "wall s (median)"), ("probe", "probe s")])
+    cost = table(
+        [
+            {
+                "what": "plain loop: (loop + probe − loop) / probe time",
+                "value": payload["loop_cost_over_probe_time"],
+            },
+            {
+                "what": "Lightning: (fit + callback − fit) / probe time",
+                "value": payload["callback_cost_over_probe_time"],
+            },
+            {
+                "what": "callback cost / plain-loop probe cost",
+                "value": payload["callback_cost_over_loop_cost"],
+            },
+            {
+                "what": "whole-module callback: added wall time / its probe time",
+                "value": payload.get("module_callback_cost_over_probe_time"),
+            },
+            {
+                "what": "whole-module callback cost / plain-loop probe cost",
+                "value": payload.get("module_callback_cost_over_loop_cost"),
+            },
+        ],
+        [("what", "ratio"), ("value", "")],
+    )
+    setup = (
+        f"An MLP 16-64-64-4 on 1,024 examples, Adam, batch 64, {payload['steps']} steps; probe "
+        f"points at steps {fmt(payload['schedule'])}; probe options "
+        f"{fmt(str(payload['probe_options'] or 'the probe defaults'))}; "
+        f"{payload['repeats']} rounds, variants in turns, medians."
+    )
+    note = (
+        "Small settings: regenerate with `slt-probe bench integrations --markdown` for the "
+        "default page."
+        if small
+        else ""
+    )
+    return page(
+        "Integrations: what the callback costs",
+        command,
+        [("Set-up", setup), ("Wall time", times), ("Cost against the probe's own time", cost)],
+        note,
+    )

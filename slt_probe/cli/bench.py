@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from slt_probe.bench import accuracy, pages, speed
+from slt_probe.bench import integrations as integrations_bench
 from slt_probe.files import atomic_write_text
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
@@ -218,6 +219,46 @@ def _accuracy(args) -> int:
     return 0
 
 
+def _integrations(args) -> int:
+    warnings.filterwarnings("ignore")
+    kwargs = {"hessian": not args.no_hessian}
+    for name in ("num_chains", "num_burnin", "num_draws"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    payload = integrations_bench.compare(args.steps, args.points, args.repeats, **kwargs)
+    payload.update(_machine())
+    rows = [
+        {"variant": k, "wall_s": v, **payload["probe_time_s"]} for k, v in payload["wall_s"].items()
+    ]
+    print(
+        f"  callback cost / probe time {payload['callback_cost_over_probe_time']:.3f}, plain loop "
+        f"{payload['loop_cost_over_probe_time']:.3f}, callback cost / loop probe cost "
+        f"{payload['callback_cost_over_loop_cost']:.3f} (on {payload['cpu_model']})"
+    )
+    _emit(payload, rows, args.json)
+    if args.markdown:
+        small = args.steps < integrations_bench.STEPS or args.repeats < integrations_bench.REPEATS
+        page = pages.integrations_page(payload, _command(args), small=small)
+        print(f"wrote {pages.write_page(args.markdown, page)}")
+    return 0
+
+
+def _register_integrations(bsub) -> None:
+    i = bsub.add_parser(
+        "integrations",
+        help="the Lightning callback's cost against the probe's own (needs lightning)",
+    )
+    i.add_argument("--steps", type=int, default=integrations_bench.STEPS, help="training steps")
+    i.add_argument("--points", type=int, default=integrations_bench.POINTS, help="probe points")
+    i.add_argument("--repeats", type=int, default=integrations_bench.REPEATS, help="rounds")
+    for flag in ("chains", "burnin", "draws"):
+        i.add_argument(f"--num-{flag}", type=int, help=f"{flag} per probe point (probe default)")
+    i.add_argument("--no-hessian", action="store_true", help="probe without the Hessian summary")
+    i.add_argument("--json", default="reports/bench/integrations.json")
+    pages.add_markdown_option(i, "integrations")
+    i.set_defaults(func=_integrations)
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: sampler throughput, λ̂ against known truths")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -276,3 +317,4 @@ def register(sub) -> None:
     a.add_argument("--json", default="reports/bench/accuracy.json")
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
+    _register_integrations(bsub)

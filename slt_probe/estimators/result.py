@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from slt_probe.estimators.notebook import result_html
+
 
 def chain_summary(llc_per_chain) -> tuple[float, float]:
     """(mean, standard deviation with ddof = 1) of λ̂ over the chains whose value is finite (the
@@ -150,3 +152,7 @@ class LLCResult:
             f"{self.diagnostics.num_used_chains}/{self.num_chains} chains, sampler={self.sampler}, "
             f"step_size={self.step_size:.3g}, nbeta={self.nbeta:.4g}, warnings={len(self.diagnostics.warnings)})"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the numbers, the warnings (escaped) and the loss traces."""
+        return result_html(self)

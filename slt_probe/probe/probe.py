@@ -33,6 +33,13 @@ from slt_probe.estimators.arguments import check_bool, check_int
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import FolderLock, append_jsonl, read_jsonl
 from slt_probe.geometry.hessian import hessian_summary
+from slt_probe.probe.isolation import (
+    module_modes,
+    random_state,
+    restore_module_modes,
+    restore_random_state,
+)
+from slt_probe.probe.notebook import history_figure, probe_history
 from slt_probe.probe.options import (
     HESSIAN_DEFAULTS,
     PROBE_DEFAULTS,
@@ -40,6 +47,7 @@ from slt_probe.probe.options import (
     check_hessian_options,
 )
 from slt_probe.probe.schedules import make_schedule
+from slt_probe.probe.sinks import make_sinks, row_scalars
 
 _MAX_TRACE_DRAWS = 200
 LLC_FILE = "llc.jsonl"
@@ -121,7 +129,11 @@ class LLCProbe:
     metrics :meth:`step` will be given, checked now against the probe's columns. ``lock``: hold
     ``run_dir``'s lock (waiting up to ``lock_timeout`` seconds for another holder). Other keyword
     arguments go to :func:`slt_probe.estimate_llc` (defaults: its own, but 4 chains, 200 burn-in
-    and 200 draws).
+    and 200 draws). ``log_to``: also send every row's scalars to TensorBoard and/or MLflow
+    (``"tensorboard"``, ``"mlflow"``, sink objects, or a list; :mod:`slt_probe.probe.sinks`).
+    A probe point leaves the global random streams as it found them
+    (:mod:`slt_probe.probe.isolation`), so training with the probe gives the same weights as
+    training without it.
     """
 
     def __init__(
@@ -139,6 +151,7 @@ class LLCProbe:
         metrics: Iterable[str] = (),
         lock: bool = True,
         lock_timeout: float = 0.0,
+        log_to=None,
         **estimator_kwargs,
     ):
         if not callable(loss_fn):
@@ -176,12 +189,20 @@ class LLCProbe:
         if self.run_dir is not None:
             self.rows = list(read_jsonl(self.run_dir / LLC_FILE))
         self._measured = {int(r["step"]) for r in self.rows}
+        self.sinks = make_sinks(log_to, self.run_dir)
         self._start = time.perf_counter()
         self.probe_time_s = 0.0
 
-    def close(self) -> None:
-        """Release ``run_dir``'s lock (also done when the probe is garbage-collected and, by the
-        kernel, when the process ends)."""
+    def close(self, artifacts=()) -> None:
+        """Hand ``artifacts`` (file paths, e.g. the HTML report that
+        :func:`slt_probe.integrations.finish_probe` writes) to every ``log_to`` sink, close the
+        sinks, and release ``run_dir``'s lock (also done when the probe is garbage-collected
+        and, by the kernel, when the process ends)."""
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            for path in artifacts:
+                sink.log_artifact(path)
+            sink.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -207,7 +228,7 @@ class LLCProbe:
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters (requires_grad): nothing to probe")
         t0 = time.perf_counter()
-        was_training = model.training
+        modes, streams = module_modes(model), random_state()
         model.eval()
         try:
             res = estimate_llc(
@@ -222,7 +243,8 @@ class LLCProbe:
                     model, self.loss_fn, self.data, seed=self.seed + int(step), **kwargs
                 )
         finally:
-            model.train(was_training)
+            restore_module_modes(modes)
+            restore_random_state(streams)
         elapsed = time.perf_counter() - t0
         self.probe_time_s += elapsed
         row = self._row(step, model, res, hess, elapsed, metrics)
@@ -230,6 +252,8 @@ class LLCProbe:
             append_jsonl(self.run_dir / LLC_FILE, row)
         self.rows.append(row)
         self._measured.add(int(step))
+        for sink in self.sinks:
+            sink.log_row(int(step), row_scalars(row))
         return row
 
     @staticmethod
@@ -282,11 +306,13 @@ class LLCProbe:
 
     @property
     def history(self):
-        """One row per probe point (pandas DataFrame), sorted by step."""
-        import pandas as pd
+        """One row per probe point (a pandas DataFrame, shown in Jupyter with its λ̂ curve and
+        warnings), sorted by step."""
+        return probe_history(self.rows)
 
-        df = pd.DataFrame(self.rows)
-        return df.sort_values("step").reset_index(drop=True) if len(df) else df
+    def plot(self, title: str | None = None):
+        """λ̂ (± 2 standard errors) and the Hessian N_eff against step: a matplotlib Figure."""
+        return history_figure(self.history, title=title)
 
     @property
     def overhead(self) -> dict:

@@ -8,10 +8,15 @@ midpoint lines) with the measured lag written beside them.
 from __future__ import annotations
 
 import io
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Reports draw off-screen. Inside a Jupyter kernel the notebook's own (inline) backend is left
+# alone: importing an integration there must not stop the user's plots from showing, and every
+# report figure is closed once rendered either way.
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

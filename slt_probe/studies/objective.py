@@ -13,6 +13,12 @@ After the run the trial carries user attributes linking it to its outputs: ``run
 ``generalisation_step``, ``final_test_acc``, ``final_llc``, ``llc_peak``, ``lag_steps``,
 ``report``, ``status``, ``steps_done``, ``host``, ``pid``, and ``start`` (``"new"``, or for a
 retry ``"resumed"``, ``"restarted"`` or ``"superseded"``: see ``trials.prepare_retry``).
+
+The trial's λ̂ curve is kept too, for ``optuna-dashboard`` and any Optuna client: as the user
+attribute ``llc_curve`` (``[[step, λ̂], ...]``) always, and as the trial's intermediate values
+when nothing reads those for pruning (``pruner.type = "none"``, single objective), so that the
+dashboard plots the λ̂ curves of all trials side by side. With a pruner the intermediate values
+stay the test accuracy (or error) the pruner decides on.
 """
 
 from __future__ import annotations
@@ -183,8 +189,8 @@ def _pruning_hook(trial: optuna.Trial, spec: StudySpec, last_step: int | None):
 
     def on_eval(step: int, metrics: dict) -> None:
         acc = _finite(metrics.get("test_acc"))
-        if spec.multi_objective or acc is None:
-            return
+        if spec.multi_objective or acc is None or spec.pruner.get("type") == "none":
+            return  # no pruner reads it: the intermediate values are the λ̂ curve instead
         trial.report(acc if maximize else 1.0 - acc, int(step))
         # At the last step the run is done: pruning it then would only discard its result.
         if last_step is not None and step >= last_step:
@@ -193,6 +199,24 @@ def _pruning_hook(trial: optuna.Trial, spec: StudySpec, last_step: int | None):
             raise optuna.TrialPruned(f"pruned at step {step}: test_acc {acc:.3f}")
 
     return on_eval
+
+
+def llc_curve(run_dir: Path) -> list[list[float]]:
+    """``[[step, λ̂], ...]`` of a run's probe points with a finite λ̂ (``llc.jsonl``)."""
+    curve = []
+    for row in read_jsonl(Path(run_dir) / "llc.jsonl"):
+        llc = _finite(row.get("llc_mean"))
+        if llc is not None and row.get("step") is not None:
+            curve.append([int(row["step"]), llc])
+    return curve
+
+
+def _report_llc(trial: optuna.Trial, spec: StudySpec, curve: list[list[float]]) -> None:
+    """The λ̂ curve as intermediate values, when no pruner reads them (see module docstring)."""
+    if spec.multi_objective or spec.pruner.get("type") != "none":
+        return
+    for step, llc in curve:
+        trial.report(llc, step)
 
 
 def make_objective(spec: StudySpec, trials_dir: Path, *, progress: bool = False):
@@ -224,6 +248,8 @@ def make_objective(spec: StudySpec, trials_dir: Path, *, progress: bool = False)
                 outcome = run_outcome(run_dir, threshold)
                 for key in OUTCOME_ATTRS:
                     trial.set_user_attr(key, outcome[key])
+                trial.set_user_attr("llc_curve", llc_curve(run_dir))
+        _report_llc(trial, spec, trial.user_attrs.get("llc_curve", []))
         values = objective_values(spec, run_outcome(run_dir, threshold))
         return values if spec.multi_objective else values[0]
 
