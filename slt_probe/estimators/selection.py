@@ -74,7 +74,9 @@ def _patterns(model: nn.Module, patterns, field: str) -> dict[str, torch.Tensor 
     chosen: dict[str, torch.Tensor | bool] = {}
     for i, pattern in enumerate(patterns):
         if not isinstance(pattern, str):
-            raise TypeError(f"{field}[{i}] must be a parameter name or glob pattern, got {pattern!r}")
+            raise TypeError(
+                f"{field}[{i}] must be a parameter name or glob pattern, got {pattern!r}"
+            )
         hits = [k for k in names if k == pattern or fnmatch.fnmatchcase(k, pattern)]
         if not hits:
             raise ValueError(
@@ -95,7 +97,9 @@ def _entry(field: str, name: str, param: torch.Tensor, value) -> torch.Tensor | 
             f"got {type(value).__name__}"
         )
     if value.dtype != torch.bool:
-        raise ValueError(f"{field}[{name!r}]: the mask must have dtype torch.bool, got {value.dtype}")
+        raise ValueError(
+            f"{field}[{name!r}]: the mask must have dtype torch.bool, got {value.dtype}"
+        )
     if tuple(value.shape) != tuple(param.shape):
         raise ValueError(
             f"{field}[{name!r}]: the mask has shape {tuple(value.shape)} but the parameter has "
@@ -145,7 +149,9 @@ def resolve_params(model: nn.Module, params, field: str = "params") -> Selection
     for name in masks:
         p = named[name]
         if not p.is_floating_point():
-            raise ValueError(f"{field}: parameter {name!r} has dtype {p.dtype}; it must be floating")
+            raise ValueError(
+                f"{field}: parameter {name!r} has dtype {p.dtype}; it must be floating"
+            )
         if not bool(torch.isfinite(p.detach()).all()):
             raise ValueError(f"{field}: parameter {name!r} contains NaN or inf: w* must be finite")
     trainable = [k for k, p in named.items() if p.requires_grad]
@@ -189,4 +195,3 @@ def resolve_groups(
             selection = Selection(everything, dict.fromkeys(everything), sizes)
         out[name] = selection
     return out
-

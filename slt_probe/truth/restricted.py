@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import reduce
 
 import torch
-
 from torch import nn
 
 from slt_probe.truth.cases import TruthCase, _dln_truth, _gaussian_data, half_squared_error
