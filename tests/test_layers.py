@@ -1,7 +1,7 @@
 """The package's shape: imports flow down the layers, modules and functions stay small.
 
 Layers, highest first (pyproject.toml ``[tool.importlinter]``): cli → bench → studies → reports →
-runs → probe → truth → estimators → geometry → sampling → files. A lower layer never imports a
+runs → probe → truth → estimators → groups → geometry → sampling → files. A lower layer never imports a
 higher one, directly or through another module (import-linter follows chains). Own-package
 imports sit at module top, so the layering is visible and checked; the only ones allowed inside a
 function are those that defer a heavy optional dependency (jax, numpyro, devinterp), listed in
@@ -35,6 +35,7 @@ LAYERS = (
     "slt_probe.probe",
     "slt_probe.truth",
     "slt_probe.estimators",
+    "slt_probe.groups",
     "slt_probe.geometry",
     "slt_probe.sampling",
     "slt_probe.files",

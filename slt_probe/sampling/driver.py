@@ -204,7 +204,7 @@ def run_chains(
         paired_reference=paired_reference,
         virial_steps=virial_steps,
     )
-    run.mask = _row_mask(potential.mask, num_chains, flat)
+    run.mask = potential.row_mask(num_chains, flat.device, flat.dtype)
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
     # blocks of chains can draw theirs on their own threads; the split depends on shape alone.
     run.noise = NoiseStream(
@@ -228,18 +228,6 @@ def run_chains(
     finally:
         runner.close()
     return run.trace()
-
-
-def _row_mask(mask: torch.Tensor | None, num_chains: int, flat: FlatModel):
-    """The weight mask as ``[1, d]`` (shared) or ``[C, d]`` in the positions' dtype."""
-    if mask is None:
-        return None
-    mask = mask.to(device=flat.device, dtype=flat.dtype).reshape(-1, flat.dim)
-    if mask.shape[0] not in (1, num_chains):
-        raise ValueError(
-            f"the weight mask has {mask.shape[0]} rows; it needs 1 or one per chain ({num_chains})"
-        )
-    return mask
 
 
 def _start(flat: FlatModel, num_chains: int, init_position: torch.Tensor | None) -> torch.Tensor:

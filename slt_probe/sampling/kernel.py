@@ -55,6 +55,18 @@ class Potential:
     gradient_noise_var: torch.Tensor | None = field(default=None, compare=False)
     mask: torch.Tensor | None = field(default=None, compare=False)
 
+    def row_mask(self, num_chains: int, device, dtype) -> torch.Tensor | None:
+        """The mask as ``[1, d]`` (shared) or ``[C, d]`` on ``device`` in ``dtype``."""
+        if self.mask is None:
+            return None
+        mask = self.mask.to(device=device, dtype=dtype).reshape(-1, self.center.numel())
+        if mask.shape[0] not in (1, num_chains):
+            raise ValueError(
+                f"the weight mask has {mask.shape[0]} rows; it needs 1 or one per chain "
+                f"({num_chains})"
+            )
+        return mask
+
     def selected_count(self, num_chains: int) -> torch.Tensor:
         """``[C, 1]``: how many coordinates each chain samples (d without a mask)."""
         center = self.center
