@@ -10,6 +10,7 @@ import pytest
 
 from slt_probe.runs.data import modular
 from slt_probe.runs.groups_spec import make_data_groups, make_groups
+from slt_probe.runs.posthoc import estimate_checkpoints
 from slt_probe.runs.runner import run_spec
 from slt_probe.runs.schema import SpecError
 from slt_probe.runs.spec import load_spec, validate
@@ -90,3 +91,16 @@ def test_a_run_writes_one_row_per_step_and_head(tmp_path):
     assert table.groupby("step").size().to_dict() == {0: 5, 4: 5}
     assert set(table.group) == {f"blocks.0.attn.head{h}" for h in range(4)} | {"class 0"}
     assert (table[table.kind == "weights"].num_weights == 4 * 16 * 4).all()
+    # the same heads again at the checkpoints, from the command line
+    from slt_probe.cli import main as cli_main
+
+    code = cli_main(
+        ["llc", str(tmp_path / "heads"), "--like-probe", "--groups", "heads", "--num-draws", "15"]
+    )
+    assert code == 0
+    again = pd.read_json(tmp_path / "heads" / "llc_groups_posthoc.jsonl", lines=True)
+    assert again.groupby("step").size().to_dict() == {0: 4, 4: 4}
+    assert set(again.group) == {f"blocks.0.attn.head{h}" for h in range(4)}
+    assert (again.settings.apply(lambda s: s["num_draws"]) == 15).all()
+    with pytest.raises(ValueError, match="'neurons' is not a group kind"):
+        estimate_checkpoints(tmp_path / "heads", groups=["neurons"])
