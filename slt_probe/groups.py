@@ -118,7 +118,8 @@ def attention_heads(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     >>> heads = attention_heads(layer)
     >>> sorted(heads)
     ['self_attn.head0', 'self_attn.head1']
-    >>> int(heads["self_attn.head1"]["self_attn.in_proj_weight"].sum())  # 3 × 4 rows × 8
+    >>> head1 = heads["self_attn.head1"]
+    >>> int(head1["self_attn.in_proj_weight"].sum())  # its Q, K and V rows: 3 × 4 rows × 8
     96
     """
     out: dict[str, dict[str, torch.Tensor]] = {}

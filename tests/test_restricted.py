@@ -140,3 +140,13 @@ def test_restricted_dln_truths_randomised_default_arguments():
     errors = _relative_errors(cases)
     print("restricted DLN relative errors", np.round(errors, 3).tolist())
     assert np.median(errors) <= 0.10 and errors.max() <= 0.25, errors
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import slt_probe.estimators.grouped as grouped
+    import slt_probe.estimators.llc as llc
+
+    for module in (llc, grouped):
+        assert doctest.testmod(module).failed == 0

@@ -132,8 +132,8 @@ def estimate_llc(
         set to a subset (one class, a held-out split): L_n over it in the posterior and in λ̂.
         ``step_size="auto"`` calibrates on the curvature of the restricted potential.
 
-    Example: λ̂ of the first layer of an MLP, and of each of its attention heads' weights
-    alike with ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``.
+    Example: λ̂ of the first layer of an MLP (an attention head's weights are selected alike,
+    ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``).
 
     >>> import torch
     >>> from slt_probe import estimate_llc
