@@ -104,3 +104,16 @@ def test_a_run_writes_one_row_per_step_and_head(tmp_path):
     assert (again.settings.apply(lambda s: s["num_draws"]) == 15).all()
     with pytest.raises(ValueError, match="'neurons' is not a group kind"):
         estimate_checkpoints(tmp_path / "heads", groups=["neurons"])
+
+
+def test_resume_truncates_and_clears_the_group_table(tmp_path):
+    from slt_probe.files import append_jsonl
+    from slt_probe.runs.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    for step in (0, 100, 200):
+        append_jsonl(rd.llc_groups, {"step": step, "group": "h0", "llc_mean": 1.0})
+    rd.truncate(100)  # a resume from the checkpoint at step 100
+    assert [r["step"] for r in rd.group_rows()] == [0, 100]
+    rd.clear_logs()
+    assert rd.group_rows() == []
