@@ -292,7 +292,7 @@ def register(sub) -> None:
     g = bsub.add_parser("groups", help="per-group λ̂: batched groups vs one after another")
     g.add_argument("--quick", action="store_true", help="short chains, smaller data")
     g.add_argument("--chains", type=int, default=2, help="chains per group")
-    g.add_argument("--steps", type=int, default=400, help="burn-in + draws per chain")
+    g.add_argument("--steps", type=int, help="burn-in + draws per chain (400; --quick 100)")
     g.add_argument("--json", default="reports/bench/groups.json")
     pages.add_markdown_option(g, "groups")
     g.set_defaults(func=_groups)
