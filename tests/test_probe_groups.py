@@ -110,3 +110,13 @@ def test_bad_groups_fail_when_the_probe_is_made(kwargs, error):
     _, loss, data = _setup()
     with pytest.raises(error):
         LLCProbe(loss, data, schedule=[0], hessian=False, **kwargs)
+
+
+def test_groups_of_a_frozen_model_and_a_bad_group():
+    model, loss, data = _setup()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    res = estimate_llc_groups(model, loss, data, {"first": ["0.*"], "bias": ["2.bias"]}, **QUICK)
+    assert res["bias"].sampled_weights == {"names": {"2.bias": 2}, "total": 2}
+    with pytest.raises(ValueError, match=r"groups\['x'\]: 'nope' matches no parameter"):
+        estimate_llc_groups(model, loss, data, {"x": ["nope"]}, **QUICK)

@@ -229,6 +229,7 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
             )
         }
         | {"compute_dtype": resolve_dtype(args["compute_dtype"]), "selection": selection},
+        "accuracy": args["accuracy"],
         "budget": Budget(args["num_chains"], args["num_burnin"], args["num_draws"], args["seed"]),
         "kernel": kernel,
         "factors": extrapolation_factors(args["extrapolate"]),

@@ -92,18 +92,21 @@ def estimate_llc_groups(
     (['0', '2'], 5)
     """
     started = time.perf_counter()
-    args = check_arguments({**_defaults(), **options, "model": model, "loss_fn": loss_fn})
-    if args["kernel"] is None or args["factors"] != (1.0,) or args["precision"] is not None:
-        raise ValueError("estimate_llc_groups runs one step size on the vmap backend")
     selections = resolve_groups(model, groups)
     union = _union(model, selections)
+    everything = dict.fromkeys(union.names, True)  # the parameters sampled, frozen or not
+    args = check_arguments(
+        {**_defaults(), **options, "model": model, "loss_fn": loss_fn, "params": everything}
+    )
+    if args["kernel"] is None or args["factors"] != (1.0,) or args["precision"] is not None:
+        raise ValueError("estimate_llc_groups runs one step size on the vmap backend")
     posterior = LocalPosterior.build(
         model, loss_fn, data, **{**args["posterior"], "selection": union}
     )
     kernel, budget = args["kernel"], args["budget"]
     step_size, calibration = options.get("step_size", "auto"), {}
     if step_size == "auto":
-        cal = calibrate(posterior, kernel, budget, options.get("accuracy", 0.2))
+        cal = calibrate(posterior, kernel, budget, args["accuracy"])
         step_size, calibration = cal.step_size, cal.as_dict()
     rows = _row_masks(union, selections, budget.num_chains)
     batched = replace(posterior, mask=rows.to(posterior.flat.w_star), sampled=None)
