@@ -82,3 +82,11 @@ def test_group_figures_render_in_headless_chromium(tmp_path):
     lower = img[3000:]  # below the existing figures: the per-group sections
     assert len(np.unique((lower * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
     assert lower.std() > 0.05
+
+
+def test_one_probe_point_is_one_cluster_without_warnings(recwarn):
+    rows = pd.DataFrame({"step": [100] * 4, "group": list("abcd"), "llc_mean": [1.0, 2, 3, 4]})
+    clusters = cluster_groups(group_curves(rows))
+    assert clusters["cluster"].tolist() == [0, 0, 0, 0]
+    assert clusters["peak_step"].tolist() == [100] * 4
+    assert not [w for w in recwarn if "cluster" in str(w.message)]

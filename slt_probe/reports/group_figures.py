@@ -5,7 +5,8 @@ The rows are those of ``llc_groups.jsonl`` (:mod:`slt_probe.probe.refined`): one
 group). Clustering (Wang et al. 2024 separate induction from memorising heads this way) is
 k-means (scikit-learn) on each group's curve normalised to zero mean and unit spread over the
 probe points, so that groups cluster by the shape of their curve, not by its level; k is the
-one of 2 … min(4, groups − 1) with the best silhouette (one cluster for fewer than 3 groups).
+one of 2 … min(4, groups − 1, distinct shapes) with the best silhouette (one cluster for fewer
+than 3 groups or a single probe point).
 Group names are user strings: matplotlib draws text as paths in SVG, and the table goes through
 the template's autoescaping.
 """
@@ -39,7 +40,8 @@ def cluster_groups(curves: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     shapes = (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
     labels = np.zeros(len(values), dtype=int)
     best = -np.inf
-    for k in range(2, min(4, len(values) - 1) + 1):
+    distinct = len(np.unique(shapes.round(9), axis=0))  # one probe point: every shape is flat
+    for k in range(2, min(4, len(values) - 1, distinct) + 1):
         fit = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(shapes)
         if len(set(fit.labels_)) < 2:
             continue
