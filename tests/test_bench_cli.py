@@ -126,3 +126,20 @@ def test_cpu_model_is_read_from_cpuinfo(tmp_path):
 )
 def test_table_cells(value, cell):
     assert pages.table([{"x": value}], [("x", "X")]) == f"| X |\n|---|\n| {cell} |"
+
+
+def test_bench_groups_compares_batched_and_sequential(tmp_path, capsys):
+    out, md = tmp_path / "groups.json", tmp_path / "groups.md"
+    argv = ["bench", "groups", "--quick", "--steps", "6", "--chains", "1"]
+    assert main(argv + ["--json", str(out), "--markdown", str(md)]) == 0
+    payload = json.loads(out.read_text())
+    rows = {r["groups"]: r for r in payload["rows"]}
+    assert set(rows) == {"4 attention heads", "3 layers"}
+    for r in rows.values():
+        assert r["batched_s"] > 0 and r["sequential_s"] > 0
+        assert r["speedup"] == pytest.approx(r["sequential_s"] / r["batched_s"])
+        assert set(r["llc_batched"]) == set(r["llc_sequential"])
+    assert payload["cpu_model"]
+    page = md.read_text()
+    assert page.startswith("# Per-group λ̂: batched against one after another\n")
+    assert "| transformer_modadd | 4 attention heads | 1 | 6 |" in page and "| CPU |" in page

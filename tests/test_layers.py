@@ -1,11 +1,11 @@
 """The package's shape: imports flow down the layers, modules and functions stay small.
 
 Layers, highest first (pyproject.toml ``[tool.importlinter]``): cli → bench → integrations →
-studies → reports → runs → probe → truth → estimators → geometry → sampling → files. A lower
-layer never imports a higher one, directly or through another module (import-linter follows
-chains). Own-package imports sit at module top, so the layering is visible and checked; the only
-ones allowed inside a function are those that defer a heavy optional dependency (jax, numpyro,
-devinterp, lightning, transformers), listed in ``DEFERRED``.
+studies → reports → runs → probe → truth → estimators → groups → geometry → sampling → files. A
+lower layer never imports a higher one, directly or through another module (import-linter
+follows chains). Own-package imports sit at module top, so the layering is visible and checked;
+the only ones allowed inside a function are those that defer a heavy optional dependency (jax,
+numpyro, devinterp, lightning, transformers), listed in ``DEFERRED``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ LAYERS = (
     "slt_probe.probe",
     "slt_probe.truth",
     "slt_probe.estimators",
+    "slt_probe.groups",
     "slt_probe.geometry",
     "slt_probe.sampling",
     "slt_probe.files",

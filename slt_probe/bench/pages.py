@@ -328,3 +328,36 @@ def integrations_page(payload: dict, command: str, small: bool = False) -> str:
         [("Set-up", setup), ("Wall time", times), ("Cost against the probe's own time", cost)],
         note,
     )
+
+
+def groups_page(payload: dict, command: str) -> str:
+    """The page of ``slt-probe bench groups``: batched groups against one group at a time."""
+    rows = [
+        {
+            **r,
+            "batched_s": fmt(r["batched_s"], 3),
+            "sequential_s": fmt(r["sequential_s"], 3),
+            "speedup": f"{r['speedup']:.2f}×",
+            "max_llc_gap": fmt(r["max_llc_gap"], 3),
+        }
+        for r in payload["rows"]
+    ]
+    columns = [
+        ("workload", "workload"),
+        ("groups", "groups"),
+        ("chains_per_group", "chains per group"),
+        ("steps", "steps per chain"),
+        ("batched_s", "batched (s)"),
+        ("sequential_s", "one after another (s)"),
+        ("speedup", "speed-up"),
+        ("max_llc_gap", "largest λ̂ gap"),
+    ]
+    body = (
+        "The weight-restricted λ̂ of every group, with the same chains (ε, chains per group, "
+        "burn-in, draws, minibatch, seed), estimated two ways in one process: every group's "
+        "chains as the rows of one batched run (`estimate_llc_groups`, what `LLCProbe(groups=...)` "
+        "runs) and `estimate_llc(params=group)` for one group after another. Speed-up = "
+        "one-after-another seconds / batched seconds. The largest λ̂ gap between the two ways is "
+        "chain noise (different noise draws).\n\n" + table(rows, columns)
+    )
+    return page("Per-group λ̂: batched against one after another", command, [("Groups", body)])

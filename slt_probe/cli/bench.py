@@ -15,6 +15,7 @@ import torch
 
 from slt_probe.bench import accuracy, pages, speed
 from slt_probe.bench import integrations as integrations_bench
+from slt_probe.bench import groups as groups_bench
 from slt_probe.files import atomic_write_text
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
@@ -259,6 +260,18 @@ def _register_integrations(bsub) -> None:
     i.set_defaults(func=_integrations)
 
 
+def _groups(args) -> int:
+    rows = groups_bench.run(quick=args.quick, chains=args.chains, steps=args.steps)
+    payload = {**_machine(), "command": _command(args), "rows": rows}
+    table = [{k: v for k, v in r.items() if not k.startswith("llc_")} for r in rows]
+    _emit(payload, table, args.json)
+    if args.markdown:
+        print(
+            f"wrote {pages.write_page(args.markdown, pages.groups_page(payload, _command(args)))}"
+        )
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: sampler throughput, λ̂ against known truths")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -318,3 +331,10 @@ def register(sub) -> None:
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
     _register_integrations(bsub)
+    g = bsub.add_parser("groups", help="per-group λ̂: batched groups vs one after another")
+    g.add_argument("--quick", action="store_true", help="short chains, smaller data")
+    g.add_argument("--chains", type=int, default=2, help="chains per group")
+    g.add_argument("--steps", type=int, help="burn-in + draws per chain (400; --quick 100)")
+    g.add_argument("--json", default="reports/bench/groups.json")
+    pages.add_markdown_option(g, "groups")
+    g.set_defaults(func=_groups)

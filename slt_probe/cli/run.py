@@ -114,6 +114,13 @@ def register(subparsers) -> None:
     q.add_argument("--compute-dtype", help="e.g. bfloat16 (checked as estimate_llc checks it)")
     q.add_argument("--seed", type=int, help="step t is estimated with seed + t (default 0)")
     q.add_argument("--out", help="JSONL file for the rows (default RUN_DIR/llc_posthoc.jsonl)")
+    q.add_argument(
+        "--groups",
+        nargs="+",
+        choices=["heads", "layers"],
+        help="also λ̂ of every attention head / layer, batched (rows in "
+        "RUN_DIR/llc_groups_posthoc.jsonl)",
+    )
     _allow_options(q)
     q.set_defaults(func=llc_main)
 
@@ -170,6 +177,7 @@ def llc_main(args: argparse.Namespace) -> int:
             on_row=show,
             model_files=args.model_files,
             allow_archs=args.allow_archs,
+            groups=args.groups,
             **options,
         )
     except LLC_ERRORS as exc:

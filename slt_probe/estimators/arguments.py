@@ -17,6 +17,7 @@ from torch import nn
 from slt_probe.estimators.inputs import check_model_for_vmap
 from slt_probe.estimators.posterior import Budget
 from slt_probe.estimators.recipes import AUTO_RETRIES, Precision
+from slt_probe.estimators.selection import check_params_type, resolve_params
 from slt_probe.sampling.functional import resolve_dtype
 from slt_probe.sampling.kernel import Kernel, check_choice, check_step_size
 from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
@@ -145,6 +146,7 @@ ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "minibatch_correction": check_bool,
     "target_rse": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
     "max_steps": optional(lambda f, v: check_int(f, v, 1)),
+    "params": check_params_type,
 }
 
 
@@ -223,10 +225,13 @@ def resolve_sampler(args: Mapping[str, Any]) -> tuple[str, int | None]:
     return ("baoab", n) if full_batch_fits else ("sgld", batch)
 
 
-def check_model(model: Any) -> None:
-    """A module with trainable, finite parameters."""
+def check_model(model: Any, restricted: bool = False) -> None:
+    """A module with trainable, finite parameters (any module when ``restricted``: the
+    selection of ``params`` is checked on its own)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if restricted:
+        return
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(
@@ -246,9 +251,10 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
     keywords of :meth:`LocalPosterior.build`), ``budget``, ``kernel`` (``None`` for the devinterp
     backend), ``factors`` (extrapolation), ``retries`` (divergence retries of
     ``step_size="auto"``) and ``precision`` (the stopping rule of ``target_rse``, or ``None``).
-    Checks that need the data run when the posterior is built
-    (:func:`slt_probe.estimators.inputs.check_data`)."""
-    check_model(args["model"])
+    ``params`` becomes the posterior's ``selection``
+    (:func:`slt_probe.estimators.selection.resolve_params`). Checks that need the data run when
+    the posterior is built (:func:`slt_probe.estimators.inputs.check_data`)."""
+    check_model(args["model"], restricted=args["params"] is not None)
     if not callable(args["loss_fn"]):
         raise TypeError(f"loss_fn must be callable, got {type(args['loss_fn']).__name__}")
     for name, check in ESTIMATOR_CHECKS.items():
@@ -257,6 +263,9 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             "compute_dtype is an option of the vmap backend; devinterp samples in the model's dtype"
         )
+    selection = resolve_params(args["model"], args["params"])
+    if selection is not None and args["backend"] != "vmap":
+        raise ValueError("params (a weight-restricted LLC) is an option of the vmap backend")
     step_size = args["step_size"]
     sampler, batch_size = resolve_sampler(args)
     kernel = None
@@ -278,7 +287,8 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
                 "fast_path",
             )
         }
-        | {"compute_dtype": resolve_dtype(args["compute_dtype"])},
+        | {"compute_dtype": resolve_dtype(args["compute_dtype"]), "selection": selection},
+        "accuracy": args["accuracy"],
         "budget": Budget(args["num_chains"], args["num_burnin"], args["num_draws"], args["seed"]),
         "kernel": kernel,
         "factors": extrapolation_factors(args["extrapolate"]),

@@ -32,9 +32,14 @@ def top_curvature(
     iters: int = 20,
     generator: torch.Generator | None = None,
     max_examples: int = _CURVATURE_BATCH,
+    mask: torch.Tensor | None = None,
 ) -> float:
     """Largest-magnitude eigenvalue of ∇²L (the loss Hessian) at ``position`` by power iteration
-    (forward-over-reverse HVPs on at most ``max_examples`` examples). Units: loss / parameter²."""
+    (forward-over-reverse HVPs on at most ``max_examples`` examples). Units: loss / parameter².
+
+    ``mask`` (``[d]`` 0/1): the Hessian of the weight-restricted loss, the block of ∇²L on the
+    masked coordinates (products v ↦ m ⊙ ∇²L·(m ⊙ v)); by Cauchy interlacing its top
+    eigenvalue is at most the whole Hessian's."""
     n = x.shape[0]
     if n > max_examples:
         idx = torch.randperm(n, generator=generator)[:max_examples].to(x.device)
@@ -45,12 +50,19 @@ def top_curvature(
     for make_op in (flat_hvp, finite_difference_hvp):
         if state is not None:
             generator.set_state(state)
-        op = make_op(flat, x, y, position)
+        op = _restricted(make_op(flat, x, y, position), mask)
         kw = dict(iters=iters, generator=generator, dtype=flat.dtype, device=flat.device)
         eig = power_iteration(op, flat.dim, **kw)
         if math.isfinite(eig):
             break
     return abs(eig)
+
+
+def _restricted(op, mask: torch.Tensor | None):
+    if mask is None:
+        return op
+    mask = mask.reshape(-1)
+    return lambda v: op(v * mask.to(v)) * mask.to(v)
 
 
 @dataclass
@@ -89,14 +101,16 @@ def calibrate_step_size(
     accuracy: float = 0.02,
     max_rounds: int = 4,
     generator: torch.Generator,
+    mask: torch.Tensor | None = None,
 ) -> Calibration:
     """Choose the step size for ``kernel_cls`` (see module docstring).
 
     ``run_pilot(step_size) -> (final_positions [C, d], diverged: bool, drift: float)`` runs short
     chains from w*; ``accuracy`` is the target ε·a_max (Euler–Maruyama's relative bias in the
-    stiffest direction ≈ accuracy/4).
+    stiffest direction ≈ accuracy/4). ``mask`` (``[d]`` 0/1): the curvatures are those of the
+    weight-restricted potential (the pilots must be restricted alike).
     """
-    h0 = top_curvature(flat, x, y, flat.w_star, generator=generator)
+    h0 = top_curvature(flat, x, y, flat.w_star, generator=generator, mask=mask)
     a_max = nbeta * h0 + localization
     reasons = [f"a_max = nβ·λ_max(∇²L_n) + γ = {a_max:.4g} at w*"]
     warning = ""
@@ -123,7 +137,10 @@ def calibrate_step_size(
             # The chain that moved furthest from w* meets the stiffest geometry.
             far = int(torch.argmax((positions - flat.w_star).norm(dim=1)))
             seen = (
-                nbeta * top_curvature(flat, x, y, positions[far], iters=12, generator=generator)
+                nbeta
+                * top_curvature(
+                    flat, x, y, positions[far], iters=12, generator=generator, mask=mask
+                )
                 + localization
             )
         cal.pilots.append(

@@ -56,6 +56,7 @@ def estimate_llc(
     minibatch_correction: bool = True,
     target_rse: float | None = None,
     max_steps: int | None = None,
+    params=None,
 ) -> LLCResult:
     """Estimate λ̂ at the model's current parameters w* (see module docstring).
 
@@ -124,6 +125,31 @@ def estimate_llc(
         ``max_steps`` steps per chain (burn-in included; default burn-in + 8 × draws) are
         spent, which is then a warning. The record is ``diagnostics.precision``. One step
         size only (not with ``extrapolate``).
+    params: the weight-restricted LLC (Wang et al. 2024): sample only the weights V selected
+        here, every other weight held at w*, from exp(−nβ·L_n(w) − γ/2·‖w_V − w*_V‖²), and
+        λ̂_V = nβ·(E[L_n] − L_n(w*)) with n and nβ of the whole data set. ``None`` (every
+        trainable parameter), a list of names or glob patterns over ``named_parameters()``, a
+        dict ``{name: bool mask of the parameter's shape}`` or a callable
+        ``(name, param) -> bool | mask``; independent of ``requires_grad``
+        (:mod:`slt_probe.estimators.selection`; :mod:`slt_probe.groups` builds selections).
+        ``result.sampled_weights`` records what was sampled. The data-refined LLC is ``data``
+        set to a subset (one class, a held-out split): L_n over it in the posterior and in λ̂.
+        ``step_size="auto"`` calibrates on the curvature of the restricted potential.
+
+    Example: λ̂ of the first layer of an MLP (an attention head's weights are selected alike,
+    ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``).
+
+    >>> import torch
+    >>> from slt_probe import estimate_llc
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    >>> x = torch.randn(500, 3)
+    >>> y = model(x).detach()
+    >>> res = estimate_llc(model, torch.nn.functional.mse_loss, (x, y), params=["0.*"],
+    ...                    num_draws=50, num_burnin=50, step_size=1e-4)
+    >>> res.sampled_weights
+    {'names': {'0.weight': 12, '0.bias': 4}, 'total': 16}
     """
     args = check_arguments(locals())
     posterior = LocalPosterior.build(model, loss_fn, data, **args["posterior"])

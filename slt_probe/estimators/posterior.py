@@ -6,6 +6,11 @@ with the model flattened at w* (:class:`slt_probe.sampling.functional.FlatModel`
 tensors on the sampling device, L_n(w*), the minibatch size m and the control-variate (paired)
 loss. This module owns the defaults of these settings; the recipes (:mod:`.recipes`) take a
 ``LocalPosterior``, a kernel and a :class:`Budget`.
+
+A weight-restricted posterior (``selection``, :mod:`.selection`) flattens only the selected
+parameters (the rest of the model is a constant at w*) and carries a 0/1 ``mask`` over them
+when the selection takes some entries of a tensor: ``[d]`` shared by every chain, or ``[C, d]``
+with a row per chain (several groups' chains in one run, :mod:`.grouped`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from slt_probe.estimators.calibration import top_curvature
 from slt_probe.estimators.inputs import as_tensors, check_data, resolve_batch_size
+from slt_probe.estimators.selection import Selection
 from slt_probe.geometry.gradient_noise import minibatch_gradient_variance
 from slt_probe.sampling.driver import ChainTrace, run_chains
 from slt_probe.sampling.functional import FlatModel
@@ -71,7 +77,23 @@ class LocalPosterior:
     shared_batch: bool
     paired: bool
     seed: int
+    mask: torch.Tensor | None = field(default=None, repr=False)
+    sampled: dict | None = None
     _gradient_noise_var: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def sampled_dim(self) -> int:
+        """How many coordinates a chain samples (of a per-row mask: the first row's)."""
+        if self.mask is None:
+            return self.flat.dim
+        return int(self.mask.reshape(-1, self.flat.dim)[0].sum())
+
+    def sampled_record(self) -> dict:
+        """The weights sampled: ``{"names": {name: count}, "total": count}``."""
+        if self.sampled is not None:
+            return self.sampled
+        names = dict(zip(self.flat.names, self.flat.numels))
+        return {"names": names, "total": int(sum(names.values()))}
 
     @classmethod
     def build(
@@ -89,17 +111,26 @@ class LocalPosterior:
         paired: bool = True,
         fast_path: bool = True,
         compute_dtype=None,
+        selection: Selection | None = None,
     ) -> LocalPosterior:
         """The posterior at the model's current trainable parameters (the model is not
         modified). ``data``: ``(X, Y)``, a ``Dataset`` or a ``DataLoader`` (n is the dataset
-        size); ``batch_size`` m defaults to the DataLoader's, else max(256, ⌈nβ⌉) capped at n."""
+        size); ``batch_size`` m defaults to the DataLoader's, else max(256, ⌈nβ⌉) capped at n.
+        ``selection``: the weights to sample (``None``: every trainable parameter)."""
         x, y = as_tensors(data)
         n = x.shape[0]
         nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
         m = resolve_batch_size(batch_size, n, data, nbeta)
         flat = FlatModel(
-            model, loss_fn, device=device, fast_path=fast_path, compute_dtype=compute_dtype
+            model,
+            loss_fn,
+            device=device,
+            fast_path=fast_path,
+            compute_dtype=compute_dtype,
+            names=None if selection is None else selection.names,
         )
+        mask = None if selection is None else selection.flat_mask()
+        mask = None if mask is None else mask.to(device=flat.device, dtype=flat.dtype)
         x, y = x.to(flat.device), y.to(flat.device)
         if x.is_floating_point() and x.dtype != flat.dtype:
             x = x.to(flat.dtype)
@@ -124,6 +155,8 @@ class LocalPosterior:
             shared_batch=shared_batch,
             paired=paired,
             seed=int(seed),
+            mask=mask,
+            sampled=None if selection is None else selection.record(),
         )
 
     @property
@@ -149,7 +182,7 @@ class LocalPosterior:
                     generator=torch.Generator().manual_seed(self.seed + 2),
                 )
             var = self._gradient_noise_var
-        return Potential(self.nbeta, self.localization, self.flat.w_star, var)
+        return Potential(self.nbeta, self.localization, self.flat.w_star, var, self.mask)
 
     def chains(
         self,
@@ -185,6 +218,13 @@ class LocalPosterior:
             init_state=init_state,
         )
 
+    def _mask_row(self, alive: torch.Tensor, index: int) -> torch.Tensor | None:
+        """The mask of the ``index``-th chain among the ``alive`` ones (``None``: unmasked)."""
+        if self.mask is None:
+            return None
+        rows = self.mask.reshape(-1, self.flat.dim)
+        return rows[0] if rows.shape[0] == 1 else rows[alive][index]
+
     def end_curvature(self, kernel: Kernel, trace: ChainTrace, step_size: float) -> dict:
         """Where the chains ended: the top curvature a of U at the chain furthest from w* (power
         iteration on 256 examples), that chain's distance from w*, and the kernel's stiffness
@@ -204,6 +244,7 @@ class LocalPosterior:
             iters=12,
             generator=torch.Generator().manual_seed(self.seed + 3),
             max_examples=256,
+            mask=self._mask_row(alive, far),
         )
         a = self.nbeta * h + self.localization
         return {

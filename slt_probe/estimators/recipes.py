@@ -69,6 +69,7 @@ def calibrate(
         run_pilot=run_pilot,
         accuracy=accuracy / (1.0 + posterior.minibatch_factor),
         generator=torch.Generator().manual_seed(posterior.seed + 1),
+        mask=posterior.mask,
     )
 
 
@@ -210,6 +211,7 @@ def summarise(
         extrapolation=extrapolation,
         compute_dtype=_compute_dtype_name(posterior),
         sampler_options=kernel.options(),
+        sampled_weights=posterior.sampled_record(),
     )
 
 
@@ -250,7 +252,7 @@ def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibrat
             trace.virial_terms.numpy(),
             nbeta=posterior.nbeta,
             localization=posterior.localization,
-            dim=posterior.flat.dim,
+            dim=posterior.sampled_dim,
         )
         if warning:
             diagnostics.warnings.append(warning)

@@ -77,6 +77,9 @@ class LLCResult:
     ``compute_dtype`` names the dtype of the forward/backward passes when it was not the
     model's own (``estimate_llc(compute_dtype=...)``), else ``None``. ``sampler_options`` are
     the kernel options in effect, defaults included (e.g. SGLD's ``noise``).
+    ``sampled_weights``: which weights the chains sampled, ``{"names": {parameter name: number
+    of its entries sampled}, "total": d}`` (every trainable parameter unless
+    ``estimate_llc(params=...)`` restricted them).
     """
 
     llc_mean: float
@@ -99,6 +102,7 @@ class LLCResult:
     extrapolation: dict[str, Any] | None = None
     compute_dtype: str | None = None
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    sampled_weights: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_chains(cls, llc_per_chain, loss_trace, **fields) -> LLCResult:

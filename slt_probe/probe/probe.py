@@ -13,6 +13,12 @@ on an existing run directory skips the steps already there (resume). Such a prob
 folder's lock (:class:`slt_probe.files.FolderLock`) until :meth:`LLCProbe.close`, so that two
 writers never interleave rows; the trainer, which holds the lock itself, passes ``lock=False``.
 
+With ``groups`` (e.g. ``slt_probe.groups.attention_heads(model)``) every probe point also
+estimates the weight-restricted λ̂ of every group, all groups' chains in one batched run, and with
+``data_groups`` (``{"class 3": subset, …}``) the data-refined λ̂ of every subset: one row per
+(step, group) in :attr:`LLCProbe.group_history` and ``run_dir/llc_groups.jsonl``
+(:mod:`slt_probe.probe.refined`).
+
 Every argument is checked when the probe is made (types, ranges, unknown estimator options,
 metric names that would overwrite a probe column), not at the first probe point: a typo should
 cost a second, not a training segment.
@@ -45,6 +51,13 @@ from slt_probe.probe.options import (
     PROBE_DEFAULTS,
     check_estimator_options,
     check_hessian_options,
+)
+from slt_probe.probe.refined import (
+    append_group_rows,
+    check_groups,
+    group_table,
+    load_group_rows,
+    measure_groups,
 )
 from slt_probe.probe.schedules import make_schedule
 from slt_probe.probe.sinks import make_sinks, row_scalars
@@ -134,6 +147,15 @@ class LLCProbe:
     A probe point leaves the global random streams as it found them
     (:mod:`slt_probe.probe.isolation`), so training with the probe gives the same weights as
     training without it.
+
+    ``groups``: ``{name: selection}`` (what ``estimate_llc(params=...)`` takes; build them with
+    :mod:`slt_probe.groups`) or a callable ``model -> dict`` evaluated at each probe point;
+    ``data_groups``: ``{name: data}``. See :mod:`slt_probe.probe.refined`.
+
+    >>> import torch, slt_probe.groups
+    >>> model = torch.nn.MultiheadAttention(8, num_heads=2)
+    >>> probe = LLCProbe(torch.nn.functional.mse_loss, (torch.randn(64, 8), torch.randn(64, 8)),
+    ...                  schedule=[0], hessian=False, groups=slt_probe.groups.attention_heads)
     """
 
     def __init__(
@@ -152,6 +174,8 @@ class LLCProbe:
         lock: bool = True,
         lock_timeout: float = 0.0,
         log_to=None,
+        groups=None,
+        data_groups=None,
         **estimator_kwargs,
     ):
         if not callable(loss_fn):
@@ -178,6 +202,10 @@ class LLCProbe:
             raise TypeError("seed is the probe's own argument")
         self.estimator_kwargs = check_estimator_options({**PROBE_DEFAULTS, **estimator_kwargs})
         self.metrics = _check_metric_names(metrics, "metrics")
+        check_groups(groups, data_groups)
+        self.groups, self.data_groups = groups, data_groups
+        for subset in (data_groups or {}).values():
+            check_train_data(subset)
         self.loss_fn = loss_fn
         self.data = train_data
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -190,6 +218,9 @@ class LLCProbe:
             self.rows = list(read_jsonl(self.run_dir / LLC_FILE))
         self._measured = {int(r["step"]) for r in self.rows}
         self.sinks = make_sinks(log_to, self.run_dir)
+        self.group_rows: list[dict] = []
+        if self.run_dir is not None:
+            self.group_rows = load_group_rows(self.run_dir, self._measured)
         self._start = time.perf_counter()
         self.probe_time_s = 0.0
 
@@ -242,19 +273,37 @@ class LLCProbe:
                 hess = hessian_summary(
                     model, self.loss_fn, self.data, seed=self.seed + int(step), **kwargs
                 )
+            group_rows = self._measure_groups(step, model, res)
         finally:
             restore_module_modes(modes)
             restore_random_state(streams)
         elapsed = time.perf_counter() - t0
         self.probe_time_s += elapsed
         row = self._row(step, model, res, hess, elapsed, metrics)
-        if self.run_dir is not None:
+        if self.run_dir is not None:  # groups first: see slt_probe.probe.refined
+            append_group_rows(self.run_dir, group_rows)
             append_jsonl(self.run_dir / LLC_FILE, row)
+        self.group_rows += group_rows
         self.rows.append(row)
         self._measured.add(int(step))
         for sink in self.sinks:
             sink.log_row(int(step), row_scalars(row))
         return row
+
+    def _measure_groups(self, step: int, model, res) -> list[dict]:
+        if self.groups is None and self.data_groups is None:
+            return []
+        return measure_groups(
+            step,
+            model,
+            self.loss_fn,
+            self.data,
+            res,
+            groups=self.groups,
+            data_groups=self.data_groups,
+            options=self.estimator_kwargs,
+            seed=self.seed + int(step),
+        )
 
     @staticmethod
     def _row(step, model, res, hess, elapsed, metrics) -> dict:
@@ -313,6 +362,11 @@ class LLCProbe:
     def plot(self, title: str | None = None):
         """λ̂ (± 2 standard errors) and the Hessian N_eff against step: a matplotlib Figure."""
         return history_figure(self.history, title=title)
+
+    @property
+    def group_history(self):
+        """One row per (probe point, group) (pandas DataFrame), sorted by step and group."""
+        return group_table(self.group_rows)
 
     @property
     def overhead(self) -> dict:

@@ -1,6 +1,7 @@
 """One standalone HTML page per run: figures inline (SVG), every user string escaped.
 
-Reads the run directory (config.json, metrics.jsonl, llc.jsonl, summary.json) and tolerates
+Reads the run directory (config.json, metrics.jsonl, llc.jsonl, llc_groups.jsonl, summary.json)
+and tolerates
 every stage of a run killed early: missing summary, torn last JSONL line, no probe points yet.
 Such a run is labelled partial.
 """
@@ -19,6 +20,7 @@ from slt_probe import __version__
 from slt_probe.files import atomic_write_text, read_jsonl
 from slt_probe.probe.transitions import summarise_transitions
 from slt_probe.reports import figures
+from slt_probe.reports.group_figures import group_sections
 
 DEFAULT_REPORTS_DIR = Path("reports")
 
@@ -69,6 +71,7 @@ def load_run(run_dir: str | Path) -> dict:
     summary = _read_json(run_dir / "summary.json")
     metrics = list(read_jsonl(run_dir / "metrics.jsonl"))
     llc = list(read_jsonl(run_dir / "llc.jsonl"))
+    groups = list(read_jsonl(run_dir / "llc_groups.jsonl"))
     if not (config or metrics or llc or summary):
         raise FileNotFoundError(
             f"{run_dir} holds no run (no config.json, metrics.jsonl or llc.jsonl)"
@@ -84,6 +87,7 @@ def load_run(run_dir: str | Path) -> dict:
         "summary": summary,
         "metrics": metrics,
         "llc": llc,
+        "groups": groups,
         "transitions": transitions,
     }
 
@@ -188,6 +192,18 @@ def render_run_report(run: dict) -> str:
             fig_weight_norm=Markup(figures.weight_norm_figure(metrics, run["transitions"])),
             fig_traces=Markup(figures.traces_figure(llc, trace_steps)) if trace_steps else None,
             diagnostics=diag,
+            group_sections=[
+                {
+                    **sec,
+                    "curves": Markup(sec["curves"]),
+                    "heatmap": Markup(sec["heatmap"]),
+                    "clusters": [
+                        {**c, "final": _fmt(c["final"]), "peak": _fmt(c["peak"])}
+                        for c in sec["clusters"]
+                    ],
+                }
+                for sec in group_sections(run.get("groups") or [], run["transitions"])
+            ],
             config=_flatten(config),
             versions=_flatten(versions),
             version=__version__,

@@ -10,6 +10,11 @@ this module re-estimates λ̂ there.
     rows = estimate_checkpoints("runs/omnigrok_mnist", num_chains=8)          # estimate_llc defaults
     rows = estimate_checkpoints("runs/omnigrok_mnist", like_probe=True, num_chains=8)
 
+With ``groups=["heads"]`` (``slt-probe llc RUN_DIR --groups heads``; also ``layers``) the
+weight-restricted λ̂ of every group is estimated too, all groups in one batched run at the whole
+model's ε (:mod:`slt_probe.probe.refined`), one row per (step, group) in
+``<run>/llc_groups_posthoc.jsonl``.
+
 Rows are appended to ``<run>/llc_posthoc.jsonl`` as each checkpoint finishes (a killed sweep
 keeps what it wrote, and the same call later skips the steps already measured with the same
 settings). Checkpoints load with ``torch.load(..., weights_only=True)``.
@@ -34,13 +39,26 @@ import torch
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.files import FolderLock, append_jsonl, json_clean, read_jsonl
 from slt_probe.probe.options import check_estimator_options
+from slt_probe.probe.refined import measure_groups
 from slt_probe.runs.arch import ArchAllowList, build_model
 from slt_probe.runs.data import load_data
+from slt_probe.runs.groups_spec import make_groups
 from slt_probe.runs.losses import get_loss
 from slt_probe.runs.rundir import RunDir
 from slt_probe.runs.schema import PROBE_FIELDS
 
 POSTHOC_FILE = "llc_posthoc.jsonl"
+GROUPS_POSTHOC_FILE = "llc_groups_posthoc.jsonl"
+GROUP_KINDS = ("heads", "layers")
+
+
+def _group_fn(groups: Iterable[str] | None):
+    """``model -> {name: selection}`` for the group kinds asked for (``None``: none)."""
+    kinds = list(groups or ())
+    for kind in kinds:
+        if kind not in GROUP_KINDS:
+            raise ValueError(f"groups: {kind!r} is not a group kind (known: {list(GROUP_KINDS)})")
+    return make_groups(dict.fromkeys(kinds, True)) if kinds else None
 
 
 def probe_estimator_kwargs(probe: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +100,7 @@ def estimate_checkpoints(
     model_files: Iterable[str | Path] = (),
     allow_archs: Iterable[str] = (),
     lock_timeout: float = 0.0,
+    groups: Iterable[str] | None = None,
     **estimator_kwargs,
 ) -> list[dict]:
     """Estimate λ̂ at the checkpoints of ``run_dir`` on its training data; returns one row per step.
@@ -94,7 +113,10 @@ def estimate_checkpoints(
     diagnostics; rows are appended to ``out`` (default ``<run_dir>/llc_posthoc.jsonl``).
     ``model_files`` / ``allow_archs``: model classes allowed besides slt_probe's own (see the
     module docstring); ``lock_timeout``: seconds to wait for another writer of ``run_dir``.
+    ``groups``: group kinds (``"heads"``, ``"layers"``) whose λ̂ is estimated too, rows in
+    ``<run_dir>/llc_groups_posthoc.jsonl`` (see module docstring).
     """
+    group_fn = _group_fn(groups)
     rd = RunDir(run_dir)
     if not rd.config.exists():
         raise FileNotFoundError(f"{rd.path} is not a run directory (no config.json)")
@@ -132,11 +154,29 @@ def estimate_checkpoints(
                     model, loss_fn, (data.x_train, data.y_train), seed=seed + step, **settings
                 )
                 row = _row(step, res, probe_llc.get(step), key)
+                if group_fn is not None:  # before the step's own row, as the probe does
+                    _group_rows(rd, step, model, loss_fn, data, res, group_fn, settings, seed, key)
                 append_jsonl(out, row)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
     return rows
+
+
+def _group_rows(rd, step, model, loss_fn, data, res, group_fn, settings, seed, key) -> None:
+    rows = measure_groups(
+        step,
+        model,
+        loss_fn,
+        (data.x_train, data.y_train),
+        res,
+        groups=group_fn,
+        data_groups=None,
+        options=settings,
+        seed=seed + step,
+    )
+    for r in rows:
+        append_jsonl(rd.path / GROUPS_POSTHOC_FILE, {**r, "settings": key})
 
 
 def _row(step: int, res, probe_llc: float | None, key: dict) -> dict:

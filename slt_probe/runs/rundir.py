@@ -3,6 +3,7 @@
     runs/<name>/config.json            resolved spec + seed, versions, spec_path, name
     runs/<name>/metrics.jsonl          one row per evaluation step (append-only)
     runs/<name>/llc.jsonl              one row per probe point (written by LLCProbe)
+    runs/<name>/llc_groups.jsonl       one row per (probe point, group): per-head/layer/class λ̂
     runs/<name>/checkpoints/step_00001234.pt
     runs/<name>/summary.json           "partial" while running, "complete" at the end
     runs/<name>/llc_posthoc.jsonl      rows of ``slt-probe llc`` (λ̂ again at the checkpoints)
@@ -54,6 +55,7 @@ class RunDir:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.llc = self.path / "llc.jsonl"
+        self.llc_groups = self.path / "llc_groups.jsonl"
         self.summary = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
 
@@ -107,14 +109,17 @@ class RunDir:
     def llc_rows(self) -> list[dict]:
         return list(read_jsonl(self.llc)) if self.llc.exists() else []
 
+    def group_rows(self) -> list[dict]:
+        return list(read_jsonl(self.llc_groups)) if self.llc_groups.exists() else []
+
     def truncate(self, max_step: int) -> None:
         """Drop metric and λ̂ rows after ``max_step`` (work lost with the process)."""
-        for path in (self.metrics, self.llc):
+        for path in (self.metrics, self.llc, self.llc_groups):
             if path.exists():
                 truncate_jsonl(path, max_step)
 
     def clear_logs(self) -> None:
-        for path in (self.metrics, self.llc, self.summary):
+        for path in (self.metrics, self.llc, self.llc_groups, self.summary):
             path.unlink(missing_ok=True)
 
     # checkpoints

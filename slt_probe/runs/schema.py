@@ -99,6 +99,40 @@ def _schedule(field, v):
     raise _fail(field, f"must be 'log', 'linear' or a non-empty list of steps, got {v!r}")
 
 
+def _probe_groups(field, v):
+    """[probe.groups]: ``heads`` and ``layers`` (true/false), ``neurons`` ({module: blocks})."""
+    v = table(field, v)
+    for key, value in v.items():
+        if key in ("heads", "layers"):
+            check_bool(f"{field}.{key}", value)
+        elif key == "neurons":
+            for module, blocks in table(f"{field}.neurons", value).items():
+                check_int(f"{field}.neurons.{module}", blocks, 1)
+        else:
+            raise _fail(f"{field}.{key}", "is not a group kind (known: heads, layers, neurons)")
+    return v
+
+
+def _data_groups(field, v):
+    """[probe.data_groups]: ``classes`` (true: every class, or a list of labels) and
+    ``operand_blocks`` (modular data: the training pairs split by the first operand into that
+    many ranges)."""
+    v = table(field, v)
+    for key, value in v.items():
+        if key == "classes":
+            if not (value is True or isinstance(value, list) and value):
+                raise _fail(f"{field}.classes", f"must be true or a list of labels, got {value!r}")
+            for i, label in enumerate(value if isinstance(value, list) else []):
+                check_int(f"{field}.classes[{i}]", label, 0)
+        elif key == "operand_blocks":
+            check_int(f"{field}.operand_blocks", value, 2)
+        else:
+            raise _fail(
+                f"{field}.{key}", "is not a data group kind (known: classes, operand_blocks)"
+            )
+    return v
+
+
 REQUIRED = object()
 
 # section -> key -> (checker, default). REQUIRED marks keys without a default.
@@ -139,6 +173,8 @@ PROBE_FIELDS: dict[str, tuple[Callable, Any]] = {
     "start": (_int(0), 0),  # first probed step of a log/linear schedule
     "hessian": (_bool, True),
     "hessian_kwargs": (lambda field, v: check_hessian_options(v, field), {}),
+    "groups": (_probe_groups, {}),  # per-group λ̂: heads, layers, neuron blocks
+    "data_groups": (_data_groups, {}),  # data-refined λ̂: classes, operand ranges
 }
 
 

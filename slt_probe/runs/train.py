@@ -28,6 +28,7 @@ from slt_probe.files import json_clean
 from slt_probe.probe import LLCProbe, make_schedule, summarise_transitions, weight_norm
 from slt_probe.runs.arch import ArchAllowList, build_model
 from slt_probe.runs.data import RunData, load_data
+from slt_probe.runs.groups_spec import make_data_groups, make_groups
 from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
 from slt_probe.runs.posthoc import probe_estimator_kwargs
 from slt_probe.runs.resume import rng_state, set_rng_state
@@ -195,6 +196,8 @@ class Trainer:
             hessian_kwargs=p["hessian_kwargs"] or None,
             metrics=PROBE_METRICS,
             lock=False,  # run_spec holds the run directory's lock
+            groups=make_groups(p["groups"]),
+            data_groups=make_data_groups(p["data_groups"], self.data),
             **probe_estimator_kwargs(p),
         )
 

@@ -183,6 +183,10 @@ def run_chains(
 
     ``init_state`` (a previous trace's ``final_state``, the same kernel and step size) continues
     those chains instead of starting new ones.
+
+    ``potential.mask`` (``[d]`` shared or ``[C, d]`` one row per chain) restricts the chains to
+    the masked coordinates: each step's gradient and noise are multiplied by the chain's mask
+    row, so the other coordinates never leave w*.
     """
     run = _ChainRun(
         kernel,
@@ -200,6 +204,7 @@ def run_chains(
         paired_reference=paired_reference,
         virial_steps=virial_steps,
     )
+    run.mask = potential.row_mask(num_chains, flat.device, flat.dtype)
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
     # blocks of chains can draw theirs on their own threads; the split depends on shape alone.
     run.noise = NoiseStream(
@@ -283,6 +288,7 @@ class _ChainRun:
             self.delta_buffer = torch.empty_like(position)
         self.lock = threading.Lock()
         self.noise: NoiseStream | None = None
+        self.mask: torch.Tensor | None = None  # [1, d] or [C, d]: see run_chains
         # this chunk's first step, minibatch indices and starting rows, read by every block
         self.current: dict = {}
 
@@ -321,6 +327,10 @@ class _ChainRun:
             part = chunk["parts"][lo] if k == 0 else self.state.rows(lo, hi)
             xb, yb = self.batch(idx, lo, hi)
             grads, loss = self.grad_fn(part.position, xb, yb, out=self.grad_buffer[lo:hi])
+            noise = self.noise.draw(lo, hi)
+            if self.mask is not None:  # the weight-restricted posterior (see run_chains)
+                rows = self.mask if self.mask.shape[0] == 1 else self.mask[lo:hi]
+                grads, noise = grads.mul_(rows), noise.mul_(rows)
             self.losses[lo:hi, t] = loss.detach()
             if t in self.virial_at:
                 record = self.virial[self.virial_at[t], :, lo:hi]
@@ -328,7 +338,7 @@ class _ChainRun:
                 # (a batched [C,1,d] @ [C,d,1] product runs 20× slower than these on CPU)
                 record[0] = torch.linalg.vecdot(delta, grads)
                 record[1] = torch.linalg.vector_norm(delta, dim=1).square_()
-            new = self.kernel.step(part, grads, self.noise.draw(lo, hi))
+            new = self.kernel.step(part, grads, noise)
             self.state.write_rows(new, lo, hi, self.lock)
 
     def check_divergence(self, start: int, end: int, threshold: float) -> None:

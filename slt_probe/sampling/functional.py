@@ -50,7 +50,8 @@ def resolve_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
 class FlatModel:
     """View of ``model`` as ``w ↦ loss_fn(model_w(x), y)`` with ``w`` the flat parameter vector.
 
-    Only parameters with ``requires_grad`` are sampled; frozen parameters and buffers are
+    Only parameters with ``requires_grad`` are sampled (or, with ``names``, exactly the
+    parameters named there, whatever their ``requires_grad``); the others and buffers are
     passed through unchanged.
 
     ``compute_dtype`` (e.g. ``torch.bfloat16``) runs the model's forward and backward passes in
@@ -67,11 +68,17 @@ class FlatModel:
         device: torch.device | None = None,
         fast_path: bool = True,
         compute_dtype: torch.dtype | str | None = None,
+        names: list[str] | tuple[str, ...] | None = None,
     ):
         self.model = model
         self.loss_fn = loss_fn
         self.fast_path = fast_path
-        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        chosen = set(names) if names is not None else None
+        named = [
+            (k, p)
+            for k, p in model.named_parameters()
+            if (p.requires_grad if chosen is None else k in chosen)
+        ]
         if not named:
             raise ValueError(
                 "model has no trainable parameters (all requires_grad=False): nothing to sample; "
@@ -88,7 +95,7 @@ class FlatModel:
         self.frozen = {
             k: self._lower(p.detach().to(self.device))
             for k, p in model.named_parameters()
-            if not p.requires_grad
+            if k not in self.names
         }
         self.buffers = {
             k: self._lower(b.detach().to(self.device)) for k, b in model.named_buffers()

@@ -40,12 +40,40 @@ class Potential:
     minibatch gradient per coordinate (:mod:`slt_probe.geometry.gradient_noise`); kernels with a
     minibatch-noise correction inject that much less noise. ``None`` for full-batch gradients
     or when nobody measured it.
+
+    ``mask`` (``[d]`` or ``[C, d]``, 0/1 in the positions' dtype, or ``None`` for every
+    coordinate): the weight-restricted posterior, where only the coordinates with mask 1 are
+    sampled and the others stay at w*. The driver multiplies each step's gradient and noise by
+    the chain's row of the mask, so every kernel leaves the unselected coordinates exactly at
+    w* (their drift γ·(w − w*) is then 0 too); kernels that normalise by the dimension (the
+    SGNHT thermostat) use :meth:`selected_count`.
     """
 
     nbeta: float
     localization: float
     center: torch.Tensor
     gradient_noise_var: torch.Tensor | None = field(default=None, compare=False)
+    mask: torch.Tensor | None = field(default=None, compare=False)
+
+    def row_mask(self, num_chains: int, device, dtype) -> torch.Tensor | None:
+        """The mask as ``[1, d]`` (shared) or ``[C, d]`` on ``device`` in ``dtype``."""
+        if self.mask is None:
+            return None
+        mask = self.mask.to(device=device, dtype=dtype).reshape(-1, self.center.numel())
+        if mask.shape[0] not in (1, num_chains):
+            raise ValueError(
+                f"the weight mask has {mask.shape[0]} rows; it needs 1 or one per chain "
+                f"({num_chains})"
+            )
+        return mask
+
+    def selected_count(self, num_chains: int) -> torch.Tensor:
+        """``[C, 1]``: how many coordinates each chain samples (d without a mask)."""
+        center = self.center
+        if self.mask is None:
+            return torch.full((num_chains, 1), center.numel(), dtype=center.dtype)
+        count = self.mask.reshape(-1, center.numel()).sum(dim=1, keepdim=True)
+        return count.expand(num_chains, 1).to(center.dtype).clone()
 
     def grad(self, position: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
         """∇U_m(w) = nβ·∇L_m(w) + γ·(w − w*) (a new tensor)."""

@@ -4,6 +4,9 @@
     w ← w + h·p
     ξ ← ξ + h·(‖p‖²/d − 1)
 
+(with a weight mask, d is the number of sampled coordinates of the chain: the momenta of the
+others stay 0).
+
 The step size is the time step h (h²·a_max plays the role of SGLD's ε·a_max); A is the diffusion
 factor. The thermostat absorbs the unknown minibatch-gradient noise, so SGNHT has no
 minibatch-noise correction.
@@ -21,10 +24,12 @@ from slt_probe.sampling.kernel import SHARED, ChainState, Kernel, Potential
 
 @dataclass
 class SGNHTState(ChainState):
-    """Positions and momenta ``[C, d]``, thermostats ``[C, 1]``; shared: the potential and h."""
+    """Positions and momenta ``[C, d]``, thermostats and sampled-coordinate counts ``[C, 1]``;
+    shared: the potential and h."""
 
     momentum: torch.Tensor | None = None
     thermostat: torch.Tensor | None = None
+    selected: torch.Tensor | None = None
     potential: Potential | None = field(default=None, metadata=SHARED)
     step_size: float = field(default=0.0, metadata=SHARED)
 
@@ -47,8 +52,16 @@ class SGNHT(Kernel):
         thermostat = torch.full(
             (c, 1), self.diffusion, dtype=position.dtype, device=position.device
         )
+        selected = None
+        if potential.mask is not None:
+            selected = potential.selected_count(c).to(position.device)
         return SGNHTState(
-            position, torch.zeros_like(position), thermostat, potential, float(step_size)
+            position,
+            torch.zeros_like(position),
+            thermostat,
+            selected,
+            potential,
+            float(step_size),
         )
 
     @staticmethod
@@ -73,5 +86,9 @@ class SGNHT(Kernel):
         drift = state.potential.grad(w, grad_loss)
         p = p - h * xi * p - h * drift + noise * math.sqrt(2 * self.diffusion * h)
         w = w + h * p
-        xi = xi + h * (p.pow(2).mean(dim=1, keepdim=True) - 1.0)
+        if state.selected is None:
+            kinetic = p.pow(2).mean(dim=1, keepdim=True)
+        else:
+            kinetic = p.pow(2).sum(dim=1, keepdim=True) / state.selected
+        xi = xi + h * (kinetic - 1.0)
         return replace(state, position=w, momentum=p, thermostat=xi)
