@@ -4,6 +4,7 @@ NUTS cache is keyed by case and settings; the slow tests run the real thing."""
 
 import json
 import math
+import os
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_alarm_counts_on_nothing_far():
 
 def test_cli_renders_the_page_from_stored_rows(tmp_path, capsys):
     rows = tmp_path / "rows.json"
-    rows.write_text(json.dumps({"rows": ROWS[2:]}))
+    rows.write_text(json.dumps({"rows": ROWS[2:] + ROWS[:1]}))  # seed 0 twice: kept once
     more = tmp_path / "more.json"
     more.write_text(json.dumps(ROWS[:2]))  # a bare list, as a split run writes it
     md, out = tmp_path / "random.md", tmp_path / "random.json"
@@ -113,14 +114,23 @@ def test_devinterp_tolerances():
 
 @pytest.mark.slow
 def test_random_cases_end_to_end_none_silent(tmp_path):
-    """Six random cases with default arguments against NUTS: every estimate more than 25 % from
-    NUTS carries a warning, and the errors are within what the full bench measured."""
-    rows = random_accuracy.random_rows(range(6), tmp_path, progress=False)
+    """Seeds 0–5 with default arguments against NUTS (the NUTS references are cached under
+    $SLT_PROBE_NUTS_CACHE when set, else recomputed: minutes): every estimate more than 25 %
+    from NUTS carries a warning, and the errors are those the full bench measured on them."""
+    cache = os.environ.get("SLT_PROBE_NUTS_CACHE", str(tmp_path))
+    rows = random_accuracy.random_rows(range(6), cache, progress=False)
     s = summarise_random(rows)
     assert s["alarms"]["silent"] == []
-    assert s["median_abs_rel_error_nuts"] <= 0.10
-    assert s["worst_abs_rel_error"] <= 0.40
-    assert all(abs(r["nuts_vs_true"]) < 0.35 for r in rows)
+    assert s["median_abs_rel_error_nuts"] <= 0.07
+    # the linear networks and the regression: within 10 % of λ and of NUTS
+    for r in rows:
+        if r["family"] in ("dln", "rrr", "regular"):
+            assert abs(r["rel_error"]) <= 0.10 and abs(r["rel_error_nuts"]) <= 0.10, r["case"]
+    # seed 5, w1³w2³ rotated at n = 1,000: NUTS itself reads far below λ = 1/6 and λ̂ far
+    # below NUTS, with chains spread too wide to say more; that must be said
+    far = {r["case"]: r for r in rows if abs(r["rel_error_nuts"]) > 0.25}
+    assert set(far) == {"r5_normal_crossing_3_3_rot"}
+    assert any(w.startswith("imprecise") for w in far["r5_normal_crossing_3_3_rot"]["warnings"])
 
 
 @pytest.mark.slow

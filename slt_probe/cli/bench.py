@@ -190,7 +190,7 @@ def _random(args) -> int:
         for path in args.from_rows:
             data = json.loads(Path(path).read_text())
             rows += data["rows"] if isinstance(data, dict) else data
-        rows.sort(key=lambda r: r["seed"])
+        rows = sorted({r["seed"]: r for r in reversed(rows)}.values(), key=lambda r: r["seed"])
     else:
         seeds = random_seeds(args.random, args.random_start)
         rows = random_accuracy.random_rows(seeds, args.nuts_cache)
