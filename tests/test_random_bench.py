@@ -34,6 +34,7 @@ def _row(seed, lam, nuts, llc, warnings=(), family="dln"):
         "nuts_vs_true": nuts / lam - 1,
         "r_hat": 1.0,
         "virial": 0.9,
+        "virial_stderr": 0.01,
         "warnings": list(warnings),
         "num_warnings": len(warnings),
     }
@@ -41,7 +42,7 @@ def _row(seed, lam, nuts, llc, warnings=(), family="dln"):
 
 ROWS = [
     _row(0, 10.0, 9.5, 9.6),  # good, quiet
-    _row(1, 4.0, 3.8, 2.0, ["virial ratio ... cold"]),  # far, warned
+    _row(1, 4.0, 3.8, 2.0, ["loss trace still rising"]),  # far, warned
     _row(2, 6.0, 5.7, 3.0),  # far, silent
     _row(3, 2.0, 1.9, 1.85, ["R-hat 1.2 > 1.1"]),  # close, false alarm
     _row(4, 6.3, 6.0, 5.9, family="tanh"),  # λ 5 % above row 2's: no ordering demanded
@@ -140,3 +141,18 @@ def test_devinterp_cases_with_defaults():
     rows = devinterp_rows(progress=False)
     assert len(rows) == 14 and not [r["case"] for r in rows if r["error"]]
     assert sum(r["passes"] for r in rows) >= 13
+
+
+def test_current_rules_re_decide_cold_and_imprecise_from_recorded_signals():
+    from slt_probe.bench.random_report import current_warnings, warning_kinds
+    from slt_probe.estimators.diagnostics import RSE_WARN, VIRIAL_COLD
+
+    row = _row(0, 10.0, 9.5, 9.6, ["virial ratio E[...] = 0.9: the chains are cold", "R-hat 1.2"])
+    row.update(virial=VIRIAL_COLD + 0.05, virial_stderr=0.01)
+    assert warning_kinds(current_warnings(row)) == ["R-hat"]  # stale cold warning dropped
+    row.update(virial=VIRIAL_COLD - 0.05, virial_stderr=0.01)
+    assert warning_kinds(current_warnings(row)) == ["R-hat", "cold (virial)"]
+    row.update(virial_stderr=0.02)  # within 3 standard errors of the threshold: quiet
+    assert warning_kinds(current_warnings(row)) == ["R-hat"]
+    row.update(llc_stderr=(RSE_WARN + 0.01) * row["llc"])
+    assert warning_kinds(current_warnings(row)) == ["R-hat", "imprecise"]

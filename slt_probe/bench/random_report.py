@@ -15,6 +15,7 @@ import numpy as np
 from slt_probe.bench.accuracy import misordered_pairs
 from slt_probe.bench.pages import fmt, page, table
 from slt_probe.bench.random_accuracy import FAR_FROM_NUTS
+from slt_probe.estimators.diagnostics import is_cold, is_imprecise
 
 #: Truths closer than this (relative) are not required to be ordered.
 ORDER_GAP = 0.10
@@ -25,19 +26,42 @@ def _median(values) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def alarm_counts(rows: list[dict]) -> dict:
+def current_warnings(row: dict) -> list[str]:
+    """The row's warnings under the current cold-chain and imprecision rules.
+
+    A row keeps the warnings it was estimated with, except those two kinds, which are
+    re-decided from its recorded virial ratio (± standard error) and λ̂ (± standard error) by
+    :func:`~slt_probe.estimators.diagnostics.is_cold` and
+    :func:`~slt_probe.estimators.diagnostics.is_imprecise`, the functions ``estimate_llc``
+    applies. So rows stored before a rule changed read as a fresh run would (same chains, same
+    numbers: the rules only read them).
+    """
+    kept = [
+        w
+        for w in row["warnings"]
+        if not w.startswith("imprecise") and not (w.startswith("virial ratio") and "cold" in w)
+    ]
+    if is_cold(row["virial"], row["virial_stderr"]):
+        kept.append(f"virial ratio {row['virial']:.3g} (± {row['virial_stderr']:.2g}): cold")
+    if is_imprecise(row["llc"], row["llc_stderr"]):
+        kept.append(f"imprecise: λ̂ = {row['llc']:.3g} ± {row['llc_stderr']:.2g}")
+    return kept
+
+
+def alarm_counts(rows: list[dict], warned=current_warnings) -> dict:
     """far: |λ̂/NUTS − 1| > 25 %; silent: far without a warning; false alarms: warned among the
-    rest (within 25 % of NUTS) and among the close ones (within 10 %)."""
+    rest (within 25 % of NUTS) and among the close ones (within 10 %). ``warned(row)``: the
+    row's warnings (default: under the current rules)."""
     far = [r for r in rows if abs(r["rel_error_nuts"]) > FAR_FROM_NUTS]
     near = [r for r in rows if abs(r["rel_error_nuts"]) <= FAR_FROM_NUTS]
     close = [r for r in rows if abs(r["rel_error_nuts"]) <= 0.10]
     return {
         "cases": len(rows),
         "far_from_nuts": len(far),
-        "silent": [r["case"] for r in far if not r["warnings"]],
-        "warned_within_25pct": sum(bool(r["warnings"]) for r in near),
+        "silent": [r["case"] for r in far if not warned(r)],
+        "warned_within_25pct": sum(bool(warned(r)) for r in near),
         "within_25pct": len(near),
-        "warned_within_10pct": sum(bool(r["warnings"]) for r in close),
+        "warned_within_10pct": sum(bool(warned(r)) for r in close),
         "within_10pct": len(close),
     }
 
@@ -58,6 +82,7 @@ def summarise_random(rows: list[dict]) -> dict:
         "median_nuts_gap": _median([abs(r["nuts_vs_true"]) for r in rows]),
         "misordered_pairs": pairs,
         "alarms": alarm_counts(rows),
+        "alarms_as_run": alarm_counts(rows, lambda r: r["warnings"]),
         "alarms_even_seeds": alarm_counts([r for r in rows if r["seed"] % 2 == 0]),
         "alarms_odd_seeds": alarm_counts([r for r in rows if r["seed"] % 2 == 1]),
         "per_family": {
@@ -75,6 +100,30 @@ def summarise_random(rows: list[dict]) -> dict:
             for f in families
         },
     }
+
+
+WARNING_KINDS = (
+    ("imprecise", "imprecise"),
+    ("virial ratio", "cold/hot (virial)"),
+    ("the chains ended", "stiff end"),
+    ("R-hat", "R-hat"),
+    ("loss trace still", "drift"),
+    ("step_size='auto'", "ε retried"),
+    ("chain ", "diverged"),
+    ("negative", "negative λ̂"),
+    ("the minibatch", "minibatch noise"),
+)
+
+
+def warning_kinds(warnings: list[str]) -> list[str]:
+    """Short names of warnings for a table cell (the first 20 characters if unknown)."""
+    out = []
+    for w in warnings:
+        kind = next((name for prefix, name in WARNING_KINDS if w.startswith(prefix)), w[:20])
+        if kind == "cold/hot (virial)":
+            kind = "hot (virial)" if "hotter" in w else "cold (virial)"
+        out.append(kind)
+    return out
 
 
 def _pct(x) -> str:
@@ -113,7 +162,7 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             "estimate": f"{fmt(r['llc'])} ± {fmt(r['llc_stderr'], 2)}",
             "vs_true": _pct(r["rel_error"]),
             "vs_nuts": _pct(r["rel_error_nuts"]),
-            "warned": "; ".join(w.split(":")[0][:60] for w in r["warnings"]) or "none",
+            "warned": ", ".join(warning_kinds(current_warnings(r))) or "none",
         }
         for r in rows
     ]
@@ -130,6 +179,8 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             f"| pairs misordered (truths > 10 % apart) | {len(s['misordered_pairs'])} | 0 |",
             f"| estimates > 25 % from NUTS without a warning | {len(a['silent'])} of "
             f"{a['far_from_nuts']} | 0 |",
+            f"| the same, with the warnings the rows were estimated with | "
+            f"{len(s['alarms_as_run']['silent'])} of {a['far_from_nuts']} | – |",
         ]
     )
     alarms = "\n".join(
@@ -172,7 +223,9 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             "(families, sizes, bases and data drawn from the seed; nobody picked them). "
             "`estimate_llc` with default arguments. NUTS: `nuts_llc`, 2 chains × (300 warm-up "
             "+ 400 draws), the same nβ = n/log n and γ. vs λ = λ̂/λ − 1; vs NUTS = λ̂/NUTS − 1. "
-            "se: standard error across chains. warnings: the first words of each.",
+            "se: standard error across chains. Warnings: those of the current rules (rows "
+            "stored by an earlier run have their cold-chain and imprecision warnings re-decided "
+            "from their recorded virial ratio and standard errors, as `estimate_llc` would now).",
         ),
         ("Criteria", criteria),
         ("Warnings: estimates far from NUTS, and false alarms", alarms),

@@ -28,6 +28,16 @@ VIRIAL_COLD = 0.8
 RSE_WARN = 0.125
 
 
+def is_cold(ratio: float, stderr: float) -> bool:
+    """The cold-chain rule: virial ratio below ``VIRIAL_COLD`` by more than 3 standard errors."""
+    return bool(ratio < VIRIAL_COLD and ratio + 3.0 * stderr < VIRIAL_COLD)
+
+
+def is_imprecise(llc_mean: float, llc_stderr: float) -> bool:
+    """The imprecision rule: a positive λ̂ whose standard error exceeds ``RSE_WARN`` of it."""
+    return bool(llc_mean > 0 and llc_stderr > RSE_WARN * llc_mean)
+
+
 def _numpyro_diagnostics():
     # numpyro (and so jax) is imported only when diagnostics are computed: `import slt_probe`
     # stays light.
@@ -100,7 +110,7 @@ def virial_check(
             "minibatch noise not removed), which inflates λ̂ by roughly as much. Use a smaller "
             "step size or a larger batch_size."
         )
-    elif ratio < VIRIAL_COLD and ratio + 3.0 * stderr < VIRIAL_COLD:
+    elif is_cold(ratio, stderr):
         warning = (
             f"virial ratio E[(w − w*)·∇U]/d = {ratio:.3g} (1 at equilibrium, ± {stderr:.2g}): "
             "the chains are cold, they have not yet spread along the flat directions of the "
@@ -187,7 +197,7 @@ def compute_diagnostics(
             "local minimum (train longer, or the estimate measures a slope rather than a basin)."
         )
     stderr = spread / max(np.sqrt(len(used)), 1.0)
-    if len(used) > 1 and llc_mean > 0 and stderr > RSE_WARN * llc_mean:
+    if len(used) > 1 and is_imprecise(llc_mean, stderr):
         warnings.append(
             f"imprecise: λ̂ = {llc_mean:.3g} ± {stderr:.2g} (standard error over {len(used)} "
             f"chains, {100 * stderr / llc_mean:.0f} % of λ̂; two standard errors exceed 25 %), so "
