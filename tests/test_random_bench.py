@@ -156,3 +156,17 @@ def test_current_rules_re_decide_cold_and_imprecise_from_recorded_signals():
     assert warning_kinds(current_warnings(row)) == ["R-hat"]
     row.update(llc_stderr=(RSE_WARN + 0.01) * row["llc"])
     assert warning_kinds(current_warnings(row)) == ["R-hat", "imprecise"]
+
+
+def test_threshold_sweep_at_the_current_thresholds_matches_the_summary():
+    from slt_probe.bench.random_report import COLD_SWEEP, RSE_SWEEP, threshold_sweep
+    from slt_probe.estimators.diagnostics import RSE_WARN, VIRIAL_COLD
+
+    rows = [dict(r) for r in ROWS]
+    rows[2].update(virial=0.5, virial_stderr=0.01)  # the silent one is cold below 0.6 only
+    sweep = threshold_sweep(rows)
+    assert len(sweep) == len(COLD_SWEEP) + len(RSE_SWEEP)
+    by_cold = {s["cold"]: s for s in sweep if s["rse"] == RSE_WARN}
+    assert by_cold[0.5]["even_silent"] == "1 of 1" and by_cold[0.6]["even_silent"] == "0 of 1"
+    assert by_cold[VIRIAL_COLD]["odd_false"] == "1 of 1"
+    assert summarise_random(rows)["alarms"]["silent"] == []

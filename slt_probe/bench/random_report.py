@@ -15,7 +15,7 @@ import numpy as np
 from slt_probe.bench.accuracy import misordered_pairs
 from slt_probe.bench.pages import fmt, page, table
 from slt_probe.bench.random_accuracy import FAR_FROM_NUTS
-from slt_probe.estimators.diagnostics import is_cold, is_imprecise
+from slt_probe.estimators.diagnostics import RSE_WARN, VIRIAL_COLD, is_cold, is_imprecise
 
 #: Truths closer than this (relative) are not required to be ordered.
 ORDER_GAP = 0.10
@@ -26,7 +26,7 @@ def _median(values) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def current_warnings(row: dict) -> list[str]:
+def current_warnings(row: dict, cold: float = VIRIAL_COLD, rse: float = RSE_WARN) -> list[str]:
     """The row's warnings under the current cold-chain and imprecision rules.
 
     A row keeps the warnings it was estimated with, except those two kinds, which are
@@ -34,16 +34,17 @@ def current_warnings(row: dict) -> list[str]:
     :func:`~slt_probe.estimators.diagnostics.is_cold` and
     :func:`~slt_probe.estimators.diagnostics.is_imprecise`, the functions ``estimate_llc``
     applies. So rows stored before a rule changed read as a fresh run would (same chains, same
-    numbers: the rules only read them).
+    numbers: the rules only read them). ``cold``, ``rse``: the two thresholds (default the
+    estimator's), to see what another choice would do (:func:`threshold_sweep`).
     """
     kept = [
         w
         for w in row["warnings"]
         if not w.startswith("imprecise") and not (w.startswith("virial ratio") and "cold" in w)
     ]
-    if is_cold(row["virial"], row["virial_stderr"]):
+    if is_cold(row["virial"], row["virial_stderr"], cold):
         kept.append(f"virial ratio {row['virial']:.3g} (± {row['virial_stderr']:.2g}): cold")
-    if is_imprecise(row["llc"], row["llc_stderr"]):
+    if is_imprecise(row["llc"], row["llc_stderr"], rse):
         kept.append(f"imprecise: λ̂ = {row['llc']:.3g} ± {row['llc_stderr']:.2g}")
     return kept
 
@@ -64,6 +65,29 @@ def alarm_counts(rows: list[dict], warned=current_warnings) -> dict:
         "warned_within_10pct": sum(bool(warned(r)) for r in close),
         "within_10pct": len(close),
     }
+
+
+COLD_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+RSE_SWEEP = (0.075, 0.1, 0.125, 0.15, 0.2)
+
+
+def threshold_sweep(rows: list[dict]) -> list[dict]:
+    """Silent far-off estimates and false alarms (warned within 25 % of NUTS) per half of the
+    seeds for other cold-chain and imprecision thresholds, one varied at a time: thresholds
+    are chosen on the even seeds and judged on the odd ones."""
+    out = []
+    settings = [(c, RSE_WARN) for c in COLD_SWEEP] + [(VIRIAL_COLD, r) for r in RSE_SWEEP]
+    for cold, rse in settings:
+        row = {"cold": cold, "rse": rse}
+        for half, parity in (("even", 0), ("odd", 1)):
+            a = alarm_counts(
+                [r for r in rows if r["seed"] % 2 == parity],
+                lambda r, c=cold, e=rse: current_warnings(r, c, e),
+            )
+            row[f"{half}_silent"] = f"{len(a['silent'])} of {a['far_from_nuts']}"
+            row[f"{half}_false"] = f"{a['warned_within_25pct']} of {a['within_25pct']}"
+        out.append(row)
+    return out
 
 
 def summarise_random(rows: list[dict]) -> dict:
@@ -229,6 +253,23 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
         ),
         ("Criteria", criteria),
         ("Warnings: estimates far from NUTS, and false alarms", alarms),
+        (
+            "Thresholds: what other choices would do",
+            "Silent = more than 25 % from NUTS without a warning; false alarms = warned within "
+            f"25 % of NUTS. Current: cold below {VIRIAL_COLD:g} (3 standard errors), imprecise "
+            f"above {RSE_WARN:g}.\n\n"
+            + table(
+                threshold_sweep(rows),
+                [
+                    ("cold", "virial cold below"),
+                    ("rse", "imprecise above"),
+                    ("even_silent", "even: silent"),
+                    ("even_false", "even: false alarms"),
+                    ("odd_silent", "odd (held out): silent"),
+                    ("odd_false", "odd: false alarms"),
+                ],
+            ),
+        ),
         ("Per family", fam),
         ("Misordered pairs", misordered or "none"),
         ("Every case", table(cells, RANDOM_COLUMNS)),

@@ -211,7 +211,13 @@ def _random(args) -> int:
 
 def _devinterp(args) -> int:
     """``bench accuracy --devinterp``: devinterp's accuracy cases with default arguments."""
-    rows = devinterp_cases.devinterp_rows()
+    if args.from_rows:  # rows an earlier run (or a split one) wrote
+        rows = []
+        for path in args.from_rows:
+            data = json.loads(Path(path).read_text())
+            rows += data["rows"] if isinstance(data, dict) else data
+    else:
+        rows = devinterp_cases.devinterp_rows()
     payload = {"benchmark": "accuracy_devinterp", **_machine(), "rows": rows}
     if args.json == DEFAULT_JSON:
         args.json = "reports/bench/accuracy_devinterp.json"
@@ -226,10 +232,10 @@ def _devinterp(args) -> int:
 
 def _accuracy(args) -> int:
     warnings.filterwarnings("ignore")
-    if args.random or args.from_rows:
-        return _random(args)
     if args.devinterp:
         return _devinterp(args)
+    if args.random or args.from_rows:
+        return _random(args)
     kwargs = {"sampler": args.sampler}
     if args.quick:
         kwargs.update(num_draws=1000, num_burnin=1000)
@@ -348,8 +354,8 @@ def register(sub) -> None:
         "--from-rows",
         nargs="+",
         metavar="JSON",
-        help="with --random: render the summary and page from the rows of earlier --json "
-        "outputs (a run split over processes) instead of estimating",
+        help="with --random or --devinterp: render the summary and page from the rows of "
+        "earlier --json outputs (a run split over processes) instead of estimating",
     )
     a.add_argument(
         "--devinterp",

@@ -28,14 +28,14 @@ VIRIAL_COLD = 0.8
 RSE_WARN = 0.125
 
 
-def is_cold(ratio: float, stderr: float) -> bool:
-    """The cold-chain rule: virial ratio below ``VIRIAL_COLD`` by more than 3 standard errors."""
-    return bool(ratio < VIRIAL_COLD and ratio + 3.0 * stderr < VIRIAL_COLD)
+def is_cold(ratio: float, stderr: float, threshold: float = VIRIAL_COLD) -> bool:
+    """The cold-chain rule: virial ratio below ``threshold`` by more than 3 standard errors."""
+    return bool(ratio < threshold and ratio + 3.0 * stderr < threshold)
 
 
-def is_imprecise(llc_mean: float, llc_stderr: float) -> bool:
-    """The imprecision rule: a positive λ̂ whose standard error exceeds ``RSE_WARN`` of it."""
-    return bool(llc_mean > 0 and llc_stderr > RSE_WARN * llc_mean)
+def is_imprecise(llc_mean: float, llc_stderr: float, threshold: float = RSE_WARN) -> bool:
+    """The imprecision rule: a positive λ̂ whose standard error exceeds ``threshold`` of it."""
+    return bool(llc_mean > 0 and llc_stderr > threshold * llc_mean)
 
 
 def _numpyro_diagnostics():
