@@ -178,20 +178,10 @@ def _alarm_line(name: str, a: dict) -> str:
     )
 
 
-def random_page(rows: list[dict], summary: dict, command: str) -> str:
-    """The page: criteria, alarms per half, per family, then every case."""
-    cells = [
-        {
-            **r,
-            "estimate": f"{fmt(r['llc'])} ± {fmt(r['llc_stderr'], 2)}",
-            "vs_true": _pct(r["rel_error"]),
-            "vs_nuts": _pct(r["rel_error_nuts"]),
-            "warned": ", ".join(warning_kinds(current_warnings(r))) or "none",
-        }
-        for r in rows
-    ]
-    s, a = summary, summary["alarms"]
-    criteria = "\n".join(
+def _criteria(s: dict) -> str:
+    """The criteria table: each issue-18 figure, measured and asked."""
+    a = s["alarms"]
+    return "\n".join(
         [
             "| criterion | measured | issue 18 asks |",
             "|---|---|---|",
@@ -207,6 +197,42 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             f"{len(s['alarms_as_run']['silent'])} of {a['far_from_nuts']} | – |",
         ]
     )
+
+
+def _sweep_section(rows: list[dict]) -> str:
+    """The threshold sweep (:func:`threshold_sweep`) with its legend."""
+    return (
+        "Silent = more than 25 % from NUTS without a warning; false alarms = warned within "
+        f"25 % of NUTS. Current: cold below {VIRIAL_COLD:g} (3 standard errors), imprecise "
+        f"above {RSE_WARN:g}.\n\n"
+        + table(
+            threshold_sweep(rows),
+            [
+                ("cold", "virial cold below"),
+                ("rse", "imprecise above"),
+                ("even_silent", "even: silent"),
+                ("even_false", "even: false alarms"),
+                ("odd_silent", "odd (held out): silent"),
+                ("odd_false", "odd: false alarms"),
+            ],
+        )
+    )
+
+
+def random_page(rows: list[dict], summary: dict, command: str) -> str:
+    """The page: criteria, alarms per half, per family, then every case."""
+    cells = [
+        {
+            **r,
+            "estimate": f"{fmt(r['llc'])} ± {fmt(r['llc_stderr'], 2)}",
+            "vs_true": _pct(r["rel_error"]),
+            "vs_nuts": _pct(r["rel_error_nuts"]),
+            "warned": ", ".join(warning_kinds(current_warnings(r))) or "none",
+        }
+        for r in rows
+    ]
+    s, a = summary, summary["alarms"]
+    criteria = _criteria(s)
     alarms = "\n".join(
         [
             "| seeds | cases | > 25 % from NUTS | silent | warned, within 25 % | "
@@ -253,23 +279,7 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
         ),
         ("Criteria", criteria),
         ("Warnings: estimates far from NUTS, and false alarms", alarms),
-        (
-            "Thresholds: what other choices would do",
-            "Silent = more than 25 % from NUTS without a warning; false alarms = warned within "
-            f"25 % of NUTS. Current: cold below {VIRIAL_COLD:g} (3 standard errors), imprecise "
-            f"above {RSE_WARN:g}.\n\n"
-            + table(
-                threshold_sweep(rows),
-                [
-                    ("cold", "virial cold below"),
-                    ("rse", "imprecise above"),
-                    ("even_silent", "even: silent"),
-                    ("even_false", "even: false alarms"),
-                    ("odd_silent", "odd (held out): silent"),
-                    ("odd_false", "odd: false alarms"),
-                ],
-            ),
-        ),
+        ("Thresholds: what other choices would do", _sweep_section(rows)),
         ("Per family", fam),
         ("Misordered pairs", misordered or "none"),
         ("Every case", table(cells, RANDOM_COLUMNS)),

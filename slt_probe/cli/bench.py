@@ -282,6 +282,36 @@ def _accuracy(args) -> int:
     return 0
 
 
+def _random_options(a) -> None:
+    """--random, --random-start, --nuts-cache, --from-rows and --devinterp."""
+    a.add_argument(
+        "--random",
+        type=int,
+        metavar="N",
+        help="instead: N random known-λ cases (seeds START…START+N−1), λ̂ with default "
+        "arguments against λ and NUTS (page docs/benchmarks/accuracy_random.md)",
+    )
+    a.add_argument("--random-start", type=int, default=0, metavar="START")
+    a.add_argument(
+        "--nuts-cache",
+        default="reports/bench/nuts_cache",
+        help="folder of cached NUTS references (one JSON per case and settings)",
+    )
+    a.add_argument(
+        "--from-rows",
+        nargs="+",
+        metavar="JSON",
+        help="with --random or --devinterp: render the summary and page from the rows of "
+        "earlier --json outputs (a run split over processes) instead of estimating",
+    )
+    a.add_argument(
+        "--devinterp",
+        action="store_true",
+        help="instead: devinterp's own accuracy cases with default arguments and devinterp's "
+        "tolerance (page docs/benchmarks/accuracy_devinterp.md; exit 1 if one fails)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: sampler throughput, λ̂ against known truths")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -337,32 +367,7 @@ def register(sub) -> None:
         choices=["bfloat16", "float16"],
         help="estimate_llc(compute_dtype=...): forward/backward passes in low precision",
     )
-    a.add_argument(
-        "--random",
-        type=int,
-        metavar="N",
-        help="instead: N random known-λ cases (seeds START…START+N−1), λ̂ with default "
-        "arguments against λ and NUTS (page docs/benchmarks/accuracy_random.md)",
-    )
-    a.add_argument("--random-start", type=int, default=0, metavar="START")
-    a.add_argument(
-        "--nuts-cache",
-        default="reports/bench/nuts_cache",
-        help="folder of cached NUTS references (one JSON per case and settings)",
-    )
-    a.add_argument(
-        "--from-rows",
-        nargs="+",
-        metavar="JSON",
-        help="with --random or --devinterp: render the summary and page from the rows of "
-        "earlier --json outputs (a run split over processes) instead of estimating",
-    )
-    a.add_argument(
-        "--devinterp",
-        action="store_true",
-        help="instead: devinterp's own accuracy cases with default arguments and devinterp's "
-        "tolerance (page docs/benchmarks/accuracy_devinterp.md; exit 1 if one fails)",
-    )
+    _random_options(a)
     a.add_argument("--json", default=DEFAULT_JSON)
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)

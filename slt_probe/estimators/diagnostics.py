@@ -23,6 +23,10 @@ VIRIAL_WARN = 1.1
 #: w* contributes 0 instead of 1), so below 0.8 a fifth or more of the localised posterior is
 #: unexplored and λ̂, which describes the neighbourhood reached, is likely low.
 VIRIAL_COLD = 0.8
+#: It also fires on deep linear networks whose λ̂ is close to the exact sampler's (their
+#: γ-held flat directions stay unexplored at little cost to λ̂); a lower threshold would spare
+#: those but leave cold, low estimates of small zero-truth models silent. The trade-off is
+#: measured on ``slt-probe bench accuracy --random`` (docs/benchmarks/accuracy_random.md).
 #: Relative standard error of λ̂ (across chains) above which it is flagged as imprecise: two
 #: standard errors then exceed 25 % of λ̂, so the chains cannot tell λ̂ from a value 25 % away.
 RSE_WARN = 0.125
