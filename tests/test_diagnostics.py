@@ -99,3 +99,24 @@ def test_virial_check_warns_about_cold_chains_only_beyond_three_standard_errors(
     report, warning = virial_check(noisy, nbeta=3.0, localization=2.0, dim=10)
     assert report["ratio"] < 0.8 and report["ratio"] + 3 * report["stderr"] >= 0.8
     assert warning is None
+
+
+def test_imprecise_estimate_is_warned_when_two_standard_errors_exceed_a_quarter():
+    rng = np.random.default_rng(4)
+    base = 0.01 * rng.standard_normal((4, 400))
+    # chain means 1.0, 1.1, 1.3, 1.6 (× nβ = 10): λ̂ = 12.5, std 2.65, stderr 1.32 = 10.6 %
+    trace = base + np.array([[1.0], [1.1], [1.3], [1.6]])
+    assert not any(w.startswith("imprecise") for w in _diag(trace).warnings)
+    # 1.0, 1.2, 1.6, 2.2: λ̂ = 15, stderr 2.65 = 18 % of λ̂ > 12.5 %
+    trace = base + np.array([[1.0], [1.2], [1.6], [2.2]])
+    warned = [w for w in _diag(trace).warnings if w.startswith("imprecise")]
+    assert len(warned) == 1 and "18 % of λ̂" in warned[0] and "num_chains" in warned[0]
+
+
+def test_virial_parts_sum_to_the_ratio():
+    terms = np.zeros((2, 4, 2))
+    terms[..., 0], terms[..., 1] = 1.0, 3.0  # nβ·1 = 2 and γ·3 = 6 per record on d = 10
+    report, _ = virial_check(terms, nbeta=2.0, localization=2.0, dim=10)
+    assert report["loss_part"] == pytest.approx(0.2)
+    assert report["localization_part"] == pytest.approx(0.6)
+    assert report["loss_part"] + report["localization_part"] == pytest.approx(report["ratio"])

@@ -13,15 +13,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from slt_probe.bench import accuracy, pages, speed
-from slt_probe.bench import integrations as integrations_bench
+from slt_probe.bench import accuracy, devinterp_cases, pages, random_accuracy, random_report, speed
 from slt_probe.bench import groups as groups_bench
+from slt_probe.bench import integrations as integrations_bench
 from slt_probe.files import atomic_write_text
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
 from slt_probe.sampling import onednn
 from slt_probe.sampling.stacked import stacked_layers
 from slt_probe.truth.cases import dln_case
+from slt_probe.truth.random_cases import random_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -172,8 +173,71 @@ def _probe_share(args) -> dict | None:
     return share
 
 
+DEFAULT_JSON = "reports/bench/accuracy.json"
+
+
+def _page_path(args, name: str) -> str:
+    """--markdown without PATH writes docs/benchmarks/NAME.md for the --random/--devinterp pages."""
+    return (
+        str(pages.default_page(name))
+        if args.markdown == str(pages.default_page("accuracy"))
+        else args.markdown
+    )
+
+
+def _random(args) -> int:
+    """``bench accuracy --random N``: default λ̂ on random cases against λ and NUTS."""
+    if args.from_rows:  # a run split over processes: render what they wrote
+        rows = []
+        for path in args.from_rows:
+            data = json.loads(Path(path).read_text())
+            rows += data["rows"] if isinstance(data, dict) else data
+        rows = sorted({r["seed"]: r for r in reversed(rows)}.values(), key=lambda r: r["seed"])
+    else:
+        seeds = random_seeds(args.random, args.random_start)
+        rows = random_accuracy.random_rows(seeds, args.nuts_cache)
+    summary = random_report.summarise_random(rows)
+    payload = {"benchmark": "accuracy_random", **summary, **_machine(), "rows": rows}
+    if args.json == DEFAULT_JSON:
+        args.json = "reports/bench/accuracy_random.json"
+    table = [{k: r[k] for k in ("case", "d", "n", "true_llc", "nuts", "llc", "rel_error",
+                                "rel_error_nuts", "virial", "num_warnings")} for r in rows]  # fmt: skip
+    _emit(payload, table, args.json)
+    for name in summary["alarms"]["silent"]:
+        print(f"  silent: {name} is more than 25 % from NUTS and carries no warning")
+    if args.markdown:
+        page = random_report.random_page(rows, summary, _command(args))
+        print(f"wrote {pages.write_page(_page_path(args, 'accuracy_random'), page)}")
+    return 0
+
+
+def _devinterp(args) -> int:
+    """``bench accuracy --devinterp``: devinterp's accuracy cases with default arguments."""
+    if args.from_rows:  # rows an earlier run (or a split one) wrote
+        rows = []
+        for path in args.from_rows:
+            data = json.loads(Path(path).read_text())
+            rows += data["rows"] if isinstance(data, dict) else data
+    else:
+        rows = devinterp_cases.devinterp_rows()
+    payload = {"benchmark": "accuracy_devinterp", **_machine(), "rows": rows}
+    if args.json == DEFAULT_JSON:
+        args.json = "reports/bench/accuracy_devinterp.json"
+    payload["passed"] = sum(r["passes"] for r in rows)
+    table = [{k: r[k] for k in ("case", "true_llc", "llc", "llc_std", "passes")} for r in rows]
+    _emit(payload, table, args.json)
+    if args.markdown:
+        page = random_report.devinterp_page(rows, _command(args))
+        print(f"wrote {pages.write_page(_page_path(args, 'accuracy_devinterp'), page)}")
+    return 0 if payload["passed"] == len(rows) else 1
+
+
 def _accuracy(args) -> int:
     warnings.filterwarnings("ignore")
+    if args.devinterp:
+        return _devinterp(args)
+    if args.random or args.from_rows:
+        return _random(args)
     kwargs = {"sampler": args.sampler}
     if args.quick:
         kwargs.update(num_draws=1000, num_burnin=1000)
@@ -272,6 +336,36 @@ def _groups(args) -> int:
     return 0
 
 
+def _random_options(a) -> None:
+    """--random, --random-start, --nuts-cache, --from-rows and --devinterp."""
+    a.add_argument(
+        "--random",
+        type=int,
+        metavar="N",
+        help="instead: N random known-λ cases (seeds START…START+N−1), λ̂ with default "
+        "arguments against λ and NUTS (page docs/benchmarks/accuracy_random.md)",
+    )
+    a.add_argument("--random-start", type=int, default=0, metavar="START")
+    a.add_argument(
+        "--nuts-cache",
+        default="reports/bench/nuts_cache",
+        help="folder of cached NUTS references (one JSON per case and settings)",
+    )
+    a.add_argument(
+        "--from-rows",
+        nargs="+",
+        metavar="JSON",
+        help="with --random or --devinterp: render the summary and page from the rows of "
+        "earlier --json outputs (a run split over processes) instead of estimating",
+    )
+    a.add_argument(
+        "--devinterp",
+        action="store_true",
+        help="instead: devinterp's own accuracy cases with default arguments and devinterp's "
+        "tolerance (page docs/benchmarks/accuracy_devinterp.md; exit 1 if one fails)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: sampler throughput, λ̂ against known truths")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -327,7 +421,8 @@ def register(sub) -> None:
         choices=["bfloat16", "float16"],
         help="estimate_llc(compute_dtype=...): forward/backward passes in low precision",
     )
-    a.add_argument("--json", default="reports/bench/accuracy.json")
+    _random_options(a)
+    a.add_argument("--json", default=DEFAULT_JSON)
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
     _register_integrations(bsub)

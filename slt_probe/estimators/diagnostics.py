@@ -23,6 +23,23 @@ VIRIAL_WARN = 1.1
 #: w* contributes 0 instead of 1), so below 0.8 a fifth or more of the localised posterior is
 #: unexplored and λ̂, which describes the neighbourhood reached, is likely low.
 VIRIAL_COLD = 0.8
+#: It also fires on deep linear networks whose λ̂ is close to the exact sampler's (their
+#: γ-held flat directions stay unexplored at little cost to λ̂); a lower threshold would spare
+#: those but leave cold, low estimates of small zero-truth models silent. The trade-off is
+#: measured on ``slt-probe bench accuracy --random`` (docs/benchmarks/accuracy_random.md).
+#: Relative standard error of λ̂ (across chains) above which it is flagged as imprecise: two
+#: standard errors then exceed 25 % of λ̂, so the chains cannot tell λ̂ from a value 25 % away.
+RSE_WARN = 0.125
+
+
+def is_cold(ratio: float, stderr: float, threshold: float = VIRIAL_COLD) -> bool:
+    """The cold-chain rule: virial ratio below ``threshold`` by more than 3 standard errors."""
+    return bool(ratio < threshold and ratio + 3.0 * stderr < threshold)
+
+
+def is_imprecise(llc_mean: float, llc_stderr: float, threshold: float = RSE_WARN) -> bool:
+    """The imprecision rule: a positive λ̂ whose standard error exceeds ``threshold`` of it."""
+    return bool(llc_mean > 0 and llc_stderr > threshold * llc_mean)
 
 
 def _numpyro_diagnostics():
@@ -66,7 +83,10 @@ def virial_check(
       models lives there. Warned below ``VIRIAL_COLD`` when also 3 standard errors below it
       (λ̂ is then likely well below the posterior's value).
 
-    Returns (``{"ratio", "per_chain", "stderr", "records"}``, warning or None).
+    Returns (``{"ratio", "per_chain", "stderr", "records", "loss_part", "localization_part"}``,
+    warning or None); the two parts are the means of nβ·(w − w*)·∇L_m/d and γ‖w − w*‖²/d over
+    the used chains' records (they sum to ``ratio``): a cold ratio with a small
+    localization part means the chains have not spread along the directions only γ holds.
     """
     virial = (nbeta * terms[..., 0] + localization * terms[..., 1]) / dim
     finite = np.isfinite(virial)  # a diverged chain's records are NaN from where it left
@@ -83,6 +103,8 @@ def virial_check(
         "per_chain": [float(v) for v in per_chain],
         "stderr": stderr,
         "records": int(terms.shape[1]),
+        "loss_part": _part_mean(nbeta * terms[used, :, 0] / dim),
+        "localization_part": _part_mean(localization * terms[used, :, 1] / dim),
     }
     warning = None
     if ratio > VIRIAL_WARN and not (ratio - 1.0 <= 3.0 * stderr):
@@ -92,7 +114,7 @@ def virial_check(
             "minibatch noise not removed), which inflates λ̂ by roughly as much. Use a smaller "
             "step size or a larger batch_size."
         )
-    elif ratio < VIRIAL_COLD and ratio + 3.0 * stderr < VIRIAL_COLD:
+    elif is_cold(ratio, stderr):
         warning = (
             f"virial ratio E[(w − w*)·∇U]/d = {ratio:.3g} (1 at equilibrium, ± {stderr:.2g}): "
             "the chains are cold, they have not yet spread along the flat directions of the "
@@ -100,6 +122,13 @@ def virial_check(
             "sampler='rmsprop_sgld', or a larger localization γ (a smaller neighbourhood)."
         )
     return report, warning
+
+
+def _part_mean(values: np.ndarray) -> float:
+    """Mean over chains of each chain's mean over its finite records (as the ratio is)."""
+    finite = np.isfinite(values)
+    per_chain = np.where(finite, values, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+    return float(np.mean(per_chain))
 
 
 def _virial_stderr(virial: np.ndarray, per_chain: np.ndarray, blocks: int = 10) -> float:
@@ -171,6 +200,14 @@ def compute_diagnostics(
             f"negative λ̂ ({llc_mean:.3g}): the chains found lower loss than at w*, so w* is not a "
             "local minimum (train longer, or the estimate measures a slope rather than a basin)."
         )
+    stderr = spread / max(np.sqrt(len(used)), 1.0)
+    if len(used) > 1 and is_imprecise(llc_mean, stderr):
+        warnings.append(
+            f"imprecise: λ̂ = {llc_mean:.3g} ± {stderr:.2g} (standard error over {len(used)} "
+            f"chains, {100 * stderr / llc_mean:.0f} % of λ̂; two standard errors exceed 25 %), so "
+            "the chains cannot tell λ̂ from a value 25 % away. Run more chains or draws "
+            "(num_chains, num_draws), or target_rse=0.05."
+        )
     if np.isfinite(diag.r_hat) and diag.r_hat > RHAT_WARN:
         warnings.append(
             f"R-hat {diag.r_hat:.3f} > {RHAT_WARN}: the chains disagree; run more draws or burn-in."
@@ -178,7 +215,6 @@ def compute_diagnostics(
     mean_drift = float(np.mean(drift))
     # The drift is judged against the chains' own spread and against λ̂ itself, so that a tiny
     # λ̂ does not warn on noise and a large one is not excused by it.
-    stderr = spread / max(np.sqrt(len(used)), 1.0)
     if abs(mean_drift) > max(0.1 * abs(llc_mean), 3.0 * stderr, 0.05):
         direction = "rising" if mean_drift > 0 else "falling"
         warnings.append(

@@ -75,9 +75,10 @@ def torch_to_jax(model: nn.Module) -> tuple[list[dict], Callable]:
 
     if isinstance(model, MonomialRegression):
         powers = model.powers
+        rotation = None if model.rotation is None else arr(model.rotation)
 
         def apply_monomial(params, x):
-            w = params[0]["w"]
+            w = params[0]["w"] if rotation is None else rotation @ params[0]["w"]
             coef = jnp.prod(jnp.stack([w[i] ** k for i, k in enumerate(powers)]))
             return coef * x
 

@@ -79,18 +79,36 @@ class TruthCase:
 
 
 class MonomialRegression(nn.Module):
-    """f_w(x) = (Π_i w_i^{k_i}) · x for scalar x: K(w) = ½·Π_i w_i^{2k_i} at truth w0 = 0."""
+    """f_w(x) = (Π_i u_i^{k_i}) · x for scalar x, u = R·w: K(w) = ½·Π_i u_i^{2k_i} at truth w0 = 0.
 
-    def __init__(self, powers: Sequence[int], init: torch.Tensor | None = None):
+    rotation: an orthogonal matrix R (default the identity). K in rotated coordinates is the same
+    normal crossing turned by R, and λ is invariant under a linear change of coordinates with
+    constant Jacobian, so λ stays min_i 1/(2k_i); only the sampler sees the stiff and flat
+    directions off the coordinate axes.
+    """
+
+    def __init__(
+        self,
+        powers: Sequence[int],
+        init: torch.Tensor | None = None,
+        rotation: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.powers = tuple(int(k) for k in powers)
         w = torch.zeros(len(self.powers)) if init is None else init.clone()
         self.w = nn.Parameter(w)
+        if rotation is not None and tuple(rotation.shape) != (len(self.powers),) * 2:
+            raise ValueError(
+                f"rotation must be a {len(self.powers)}×{len(self.powers)} matrix, "
+                f"got shape {tuple(rotation.shape)}"
+            )
+        self.register_buffer("rotation", None if rotation is None else rotation.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.w if self.rotation is None else self.rotation.to(self.w.dtype) @ self.w
         coef = torch.ones((), dtype=self.w.dtype, device=self.w.device)
         for i, k in enumerate(self.powers):
-            coef = coef * self.w[i] ** k
+            coef = coef * u[i] ** k
         return coef * x
 
     def extra_repr(self) -> str:

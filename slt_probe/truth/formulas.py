@@ -7,6 +7,8 @@ parameters has λ = d/2. Sources (restated in REFERENCE.md):
 - normal crossing K(w) = Π w_i^{2k_i}: λ = min_i 1/(2k_i), multiplicity = #argmin.
 - reduced-rank regression: Aoyagi & Watanabe (2005), Neural Networks 18(7):924–933.
 - deep linear networks: Aoyagi (2024), Neural Networks 172:106132, Theorem 1.
+- one-hidden-layer tanh network, one input and output, zero truth: Aoyagi & Watanabe (2005),
+  restated in Watanabe (2009), §7.
 
 These are *global* coefficients: the minimum over the set of true parameters. The local
 coefficient at a generic true parameter may be larger; the most singular true parameters (every
@@ -141,6 +143,23 @@ def dln_llc(widths: Sequence[int], r: int) -> tuple[float, int]:
     raise RuntimeError(f"no admissible set S for widths={widths}, r={r}")  # pragma: no cover
 
 
+def tanh_llc(hidden: int) -> tuple[float, int]:
+    """(λ, multiplicity) of y = Σ_{h≤H} a_h·tanh(b_h·x) (one input, one output, no biases) at
+    the zero truth, Aoyagi & Watanabe (2005; Watanabe 2009, §7): with i = max{j : j² ≤ H},
+
+      λ = (H + i² + i) / (4i + 2),   multiplicity = 2 if i² = H else 1.
+
+    H = 1 gives K ∝ a²b², the normal crossing λ = ½ with m = 2.
+    """
+    hidden = _check_int("hidden", hidden, 1)
+    i = int(hidden**0.5)
+    while (i + 1) ** 2 <= hidden:
+        i += 1
+    while i * i > hidden:
+        i -= 1
+    return float(Fraction(hidden + i * i + i, 4 * i + 2)), 2 if i * i == hidden else 1
+
+
 def dln_num_params(widths: Sequence[int]) -> int:
     """d = Σ_l H_l·H_{l−1} for bias-free layers."""
     return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
@@ -154,4 +173,5 @@ __all__ = [
     "regular_llc",
     "rrr_llc",
     "rrr_multiplicity",
+    "tanh_llc",
 ]
