@@ -4,19 +4,14 @@ with ``--markdown``, write them as a page under docs/benchmarks/ (:mod:`slt_prob
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shlex
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from slt_probe.bench import accuracy, devinterp_cases, pages, random_accuracy, random_report, speed
-from slt_probe.bench import groups as groups_bench
-from slt_probe.bench import integrations as integrations_bench
-from slt_probe.files import atomic_write_text
+from slt_probe.cli.bench_common import _command, _emit, _machine
+from slt_probe.cli.bench_components import register_components
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
 from slt_probe.sampling import onednn
@@ -25,32 +20,6 @@ from slt_probe.truth.cases import dln_case
 from slt_probe.truth.random_cases import random_seeds
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _machine() -> dict:
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": pages.cpu_model(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def _emit(payload: dict, table, json_path: str | None) -> None:
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(pd.DataFrame(table).round(3).to_string(index=False))
-    summary = {k: v for k, v in payload.items() if k != "rows"}
-    print(json.dumps(summary, indent=2, default=float))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps(payload, indent=2, default=float))
-        print(f"wrote {json_path}")
-
-
-def _command(args) -> str:
-    return "slt-probe " + shlex.join(getattr(args, "argv", None) or ["bench", args.bench])
 
 
 # Every column runs the same update as devinterp's (Euler–Maruyama noise, no minibatch
@@ -284,58 +253,6 @@ def _accuracy(args) -> int:
     return 0
 
 
-def _integrations(args) -> int:
-    warnings.filterwarnings("ignore")
-    kwargs = {"hessian": not args.no_hessian}
-    for name in ("num_chains", "num_burnin", "num_draws"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    payload = integrations_bench.compare(args.steps, args.points, args.repeats, **kwargs)
-    payload.update(_machine())
-    rows = [
-        {"variant": k, "wall_s": v, **payload["probe_time_s"]} for k, v in payload["wall_s"].items()
-    ]
-    print(
-        f"  callback cost / probe time {payload['callback_cost_over_probe_time']:.3f}, plain loop "
-        f"{payload['loop_cost_over_probe_time']:.3f}, callback cost / loop probe cost "
-        f"{payload['callback_cost_over_loop_cost']:.3f} (on {payload['cpu_model']})"
-    )
-    _emit(payload, rows, args.json)
-    if args.markdown:
-        small = args.steps < integrations_bench.STEPS or args.repeats < integrations_bench.REPEATS
-        page = pages.integrations_page(payload, _command(args), small=small)
-        print(f"wrote {pages.write_page(args.markdown, page)}")
-    return 0
-
-
-def _register_integrations(bsub) -> None:
-    i = bsub.add_parser(
-        "integrations",
-        help="the Lightning callback's cost against the probe's own (needs lightning)",
-    )
-    i.add_argument("--steps", type=int, default=integrations_bench.STEPS, help="training steps")
-    i.add_argument("--points", type=int, default=integrations_bench.POINTS, help="probe points")
-    i.add_argument("--repeats", type=int, default=integrations_bench.REPEATS, help="rounds")
-    for flag in ("chains", "burnin", "draws"):
-        i.add_argument(f"--num-{flag}", type=int, help=f"{flag} per probe point (probe default)")
-    i.add_argument("--no-hessian", action="store_true", help="probe without the Hessian summary")
-    i.add_argument("--json", default="reports/bench/integrations.json")
-    pages.add_markdown_option(i, "integrations")
-    i.set_defaults(func=_integrations)
-
-
-def _groups(args) -> int:
-    rows = groups_bench.run(quick=args.quick, chains=args.chains, steps=args.steps)
-    payload = {**_machine(), "command": _command(args), "rows": rows}
-    table = [{k: v for k, v in r.items() if not k.startswith("llc_")} for r in rows]
-    _emit(payload, table, args.json)
-    if args.markdown:
-        print(
-            f"wrote {pages.write_page(args.markdown, pages.groups_page(payload, _command(args)))}"
-        )
-    return 0
-
-
 def _random_options(a) -> None:
     """--random, --random-start, --nuts-cache, --from-rows and --devinterp."""
     a.add_argument(
@@ -425,11 +342,4 @@ def register(sub) -> None:
     a.add_argument("--json", default=DEFAULT_JSON)
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
-    _register_integrations(bsub)
-    g = bsub.add_parser("groups", help="per-group λ̂: batched groups vs one after another")
-    g.add_argument("--quick", action="store_true", help="short chains, smaller data")
-    g.add_argument("--chains", type=int, default=2, help="chains per group")
-    g.add_argument("--steps", type=int, help="burn-in + draws per chain (400; --quick 100)")
-    g.add_argument("--json", default="reports/bench/groups.json")
-    pages.add_markdown_option(g, "groups")
-    g.set_defaults(func=_groups)
+    register_components(bsub)

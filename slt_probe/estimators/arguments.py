@@ -208,11 +208,12 @@ def resolve_sampler(args: Mapping[str, Any]) -> tuple[str, int | None]:
     ``sampler="baoab"`` without a ``batch_size`` is full-batch too.
     """
     sampler, batch = args["sampler"], args["batch_size"]
-    n = _num_examples(args["data"])
+    # callers without the data at hand (the batched groups) get what they asked for, or SGLD
+    n = _num_examples(args["data"]) if "data" in args else None
     if sampler == "baoab" and batch is None:
         return sampler, n  # its default: minibatch noise heats it
-    if sampler != "auto":
-        return sampler, batch
+    if sampler != "auto" or n is None:
+        return ("sgld" if sampler == "auto" else sampler), batch
     d = sum(p.numel() for p in args["model"].parameters() if p.requires_grad)
     full_batch_fits = (
         n is not None
