@@ -84,6 +84,13 @@ def test_hf_trainer_with_callback_logs_llc_and_leaves_no_trace(tmp_path, monkeyp
     uri = "sqlite:///" + str(tmp_path / "mlruns.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "hf_test")
+    # MLflow's process-wide state (an active run, a tracking URI set in code) outlives the
+    # tests before this one (the Lightning tests log to MLflow too): start from none of it
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(uri)
     plain = _train(tmp_path, "plain")
     cb = LLCTrainerCallback(_examples(), schedule=SCHEDULE, **FAST)
     probed = _train(tmp_path, "probed", cb, report_to=["tensorboard", "mlflow"])
