@@ -224,7 +224,8 @@ def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reache
     # n = 256: the end check's power iteration sees every example.
     # A quadratic loss: the same curvature everywhere, nβ·λ_max(E[x̃x̃ᵀ]) + γ with x̃ = (x, 1)
     a = default_nbeta(256) * float(torch.linalg.eigvalsh(x.T @ x / 256)[-1]) + 1.0
-    calm = estimate_llc(model, half_sq, data, num_draws=200, num_burnin=100, seed=0)
+    # SGLD, whose stiffness is ε·a (BAOAB measures its step against its own bound)
+    calm = estimate_llc(model, half_sq, data, sampler="sgld", num_draws=200, num_burnin=100, seed=0)
     end = calm.diagnostics.end_curvature
     # power iteration (12 steps) approaches the top eigenvalue from below
     assert 0.95 * a <= end["curvature"] <= 1.001 * a
@@ -232,7 +233,14 @@ def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reache
     assert end["distance"] > 0
     assert not any("too coarse" in w for w in calm.diagnostics.warnings)
     stiff = estimate_llc(
-        model, half_sq, data, step_size=2.0 / a, num_draws=200, num_burnin=100, seed=0
+        model,
+        half_sq,
+        data,
+        sampler="sgld",
+        step_size=2.0 / a,
+        num_draws=200,
+        num_burnin=100,
+        seed=0,
     )
     assert stiff.diagnostics.num_diverged == 0
     assert 0.95 * 2.0 <= stiff.diagnostics.end_curvature["stiffness"] <= 1.001 * 2.0
@@ -261,17 +269,24 @@ def test_virial_ratio_is_one_at_equilibrium_and_measures_heating():
 
 
 def test_virial_ratio_shows_chains_not_yet_spread_along_flat_directions():
-    # At a singular w* the directions held only by γ = 1 need ~1/(εγ) ≫ 2,000 steps to spread:
-    # the ratio reads well below 1; below 0.8 (by 3 standard errors) it is a "cold" warning.
+    # At a singular w* the directions held only by γ = 1 need ~1/(εγ) ≫ 2,000 SGLD steps to
+    # spread: the ratio reads well below 1; below 0.8 (by 3 standard errors) it is a "cold"
+    # warning. The default ("auto": full-batch BAOAB here) needs ~1/(ε√γ) and has spread.
     from slt_probe.truth.cases import dln_case
 
     case = dln_case([5, 4, 3, 4], 1, n=4000, seed=0)
-    res = estimate_llc(case.model, case.loss_fn, case.data, num_draws=1000, num_burnin=1000)
+    kw = dict(num_draws=1000, num_burnin=1000)
+    res = estimate_llc(case.model, case.loss_fn, case.data, sampler="sgld", **kw)
     ratio, stderr = res.diagnostics.virial["ratio"], res.diagnostics.virial["stderr"]
     assert 0.1 < ratio < 0.7
     cold = [w for w in res.diagnostics.warnings if "chains are cold" in w]
     assert len(cold) == int(ratio + 3 * stderr < 0.8)
     assert not any("hotter" in w for w in res.diagnostics.warnings)
+    default = estimate_llc(case.model, case.loss_fn, case.data, **kw)
+    assert default.sampler == "baoab"
+    assert default.diagnostics.virial["ratio"] > 0.8
+    assert not any("chains are cold" in w for w in default.diagnostics.warnings)
+    assert abs(default.llc_mean / case.true_llc - 1) < abs(res.llc_mean / case.true_llc - 1)
 
 
 def test_negative_llc_warns_that_w_star_is_not_a_minimum():
@@ -378,7 +393,8 @@ def test_auto_step_repeats_a_diverged_main_run_at_a_quarter_of_the_step(monkeypa
     # still ≈ 4 (divergent), ε/16 ≈ 1 (stable)
     bad = Calibration(step_size=0.06, accuracy=0.2, curvature_at_w_star=1.0, reason="forced")
     monkeypatch.setattr(llc_module, "calibrate", lambda posterior, kernel, budget, accuracy: bad)
-    res = estimate_llc(model, half_sq, data, num_draws=400, num_burnin=200, seed=0)
+    # SGLD: its ε·a stability bound is what the forced ε breaks (BAOAB's is ε·√a)
+    res = estimate_llc(model, half_sq, data, sampler="sgld", num_draws=400, num_burnin=200, seed=0)
     retries = res.diagnostics.calibration["main_run_retries"]
     assert [r["step_size"] for r in retries] == pytest.approx([0.06, 0.015])
     assert all(r["diverged_chains"] > 0 for r in retries)

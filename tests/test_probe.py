@@ -82,6 +82,7 @@ def test_probe_measures_only_on_schedule_and_restores_the_model(tmp_path):
         data,
         schedule=[0, 20, 40],
         run_dir=tmp_path,
+        sampler="sgld",  # the virial's run downhill below is overdamped SGLD's (momentum overshoots)
         num_draws=30,
         num_burnin=20,
         hessian_kwargs={"k": 3, "num_probes": 2},

@@ -35,7 +35,7 @@ def estimate_llc(
     loss_fn,
     data,
     *,
-    sampler: str = "sgld",
+    sampler: str = "auto",
     step_size: float | str = "auto",
     localization: float = 1.0,
     nbeta: float | None = None,
@@ -66,11 +66,11 @@ def estimate_llc(
     loss_fn: ``loss_fn(output, target) -> scalar`` mean loss over a batch.
     data: ``(X, Y)`` tensors, a map-style ``Dataset`` or a ``DataLoader`` (its dataset is used;
         n is the dataset size).
-    sampler: ``"sgld"`` (default), ``"sgnht"``, ``"rmsprop_sgld"``, ``"baoab"`` (underdamped
-        Langevin, full-batch unless ``batch_size`` says otherwise) or ``"auto"``: BAOAB on
-        full-batch gradients where a full-batch step is cheap, else SGLD
-        (:func:`slt_probe.estimators.arguments.resolve_sampler` says when and why)
-        (:func:`slt_probe.estimators.arguments.resolve_sampler` says when and why). SGLD and RMSProp-SGLD
+    sampler: ``"auto"`` (default): BAOAB on full-batch gradients where a full-batch step is
+        cheap, else SGLD on minibatches (:func:`slt_probe.estimators.arguments.resolve_sampler`
+        says when and why; ``result.sampler`` says which ran); or one kernel by name:
+        ``"sgld"``, ``"sgnht"``, ``"rmsprop_sgld"``, ``"baoab"`` (underdamped Langevin,
+        full-batch unless ``batch_size`` says otherwise). SGLD and RMSProp-SGLD
         use Leimkuhler–Matthews noise by default (exact stationary variance on quadratic
         losses); ``sampler_options={"noise": "independent"}`` with
         ``minibatch_correction=False`` is the update of Lau et al. (2023), Li et al. (2016) and
