@@ -24,7 +24,7 @@ def test_quick_validate_runs_every_method_on_every_case(quick_table):
     assert len(rows) == 3
     assert [r["true_llc"] for r in rows] == sorted(r["true_llc"] for r in rows)
     for row in rows:
-        for method in ("sgld", "devinterp", "nuts"):
+        for method in ("default", "devinterp", "nuts"):
             cell = row[method]
             assert "error" not in cell, (row["case"], method, cell)
             assert cell["rel_error"] == pytest.approx(cell["llc"] / row["true_llc"] - 1)
@@ -36,17 +36,17 @@ def test_quick_validate_runs_every_method_on_every_case(quick_table):
     assert abs(by_case["rrr"]["nuts"]["rel_error"]) < 0.10
     assert abs(by_case["normal"]["nuts"]["rel_error"]) < 0.25
     for row in rows:
-        # SGLD with default arguments within 20 % of λ on the regular and reduced-rank cases;
+        # default arguments within 20 % of λ on the regular and reduced-rank cases;
         # devinterp's short chains within 40 %.
         if not row["case"].startswith("normal"):
-            assert abs(row["sgld"]["rel_error"]) < 0.20, row
+            assert abs(row["default"]["rel_error"]) < 0.20, row
         assert abs(row["devinterp"]["rel_error"]) < 0.40, row
         assert row["nuts"]["r_hat"] < 1.2, row
     # On the normal crossing λ̂ is noisy at one seed (over seeds 0-9: mean 0.204, sd 0.032, chains
-    # spread ±0.05): SGLD must agree with NUTS's finite-n value within 3 standard errors.
-    sgld, nuts = by_case["normal"]["sgld"], by_case["normal"]["nuts"]
-    assert abs(sgld["llc"] - nuts["llc"]) < 3 * sgld["llc_stderr"] + 0.02, (sgld, nuts)
-    assert 0.0 < sgld["llc_stderr"] < 0.05
+    # spread ±0.05): the default must agree with NUTS's finite-n value within 3 standard errors.
+    default, nuts = by_case["normal"]["default"], by_case["normal"]["nuts"]
+    assert abs(default["llc"] - nuts["llc"]) < 3 * default["llc_stderr"] + 0.02, (default, nuts)
+    assert 0.0 < default["llc_stderr"] < 0.05
 
 
 def test_quick_validate_writes_markdown_html_json(quick_table):
@@ -78,21 +78,21 @@ def test_html_escapes_case_names():
             "true_llc": 1.0,
             "exact": True,
             "multiplicity": 1,
-            "sgld": {"llc": 1.1, "llc_std": 0.1, "rel_error": 0.1, "seconds": 1.0},
+            "default": {"llc": 1.1, "llc_std": 0.1, "rel_error": 0.1, "seconds": 1.0},
         }
     ]
-    page = to_html(rows, ("sgld",))
+    page = to_html(rows, ("default",))
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "+10.0 %" in to_markdown(rows, ("sgld",))
+    assert "+10.0 %" in to_markdown(rows, ("default",))
 
 
 def test_a_failing_estimator_is_reported_not_fatal():
     case = regular_case(2, 1, n=200)
     case.data = (case.data[0][:0], case.data[1][:0])  # empty data: estimate_llc refuses it
-    rows = run_validation(methods=("sgld",), cases=[case], log=None, quick=True)
-    assert len(rows) == 1 and "error" in rows[0]["sgld"]
-    assert "empty" in rows[0]["sgld"]["error"].lower()
-    assert "| error |" in to_markdown(rows, ("sgld",))
+    rows = run_validation(methods=("default",), cases=[case], log=None, quick=True)
+    assert len(rows) == 1 and "error" in rows[0]["default"]
+    assert "empty" in rows[0]["default"]["error"].lower()
+    assert "| error |" in to_markdown(rows, ("default",))
 
 
 def test_unknown_method_is_refused():

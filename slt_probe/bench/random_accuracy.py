@@ -53,6 +53,7 @@ def nuts_reference(case, cache_dir: str | Path | None) -> dict:
         return json.loads(path.read_text())
     res = nuts_llc(case, **NUTS_SETTINGS)
     out = {
+        "sampler": res.sampler,
         "llc": res.llc_mean,
         "llc_std": res.llc_std,
         "llc_stderr": res.llc_stderr,
@@ -100,6 +101,7 @@ def random_row(case, cache_dir, **estimator_kwargs) -> dict:
         "multiplicity": case.multiplicity,
         "nuts": nuts["llc"],
         "nuts_r_hat": nuts["r_hat"],
+        "sampler": res.sampler,
         "llc": res.llc_mean,
         "llc_std": res.llc_std,
         "llc_stderr": res.llc_stderr,

@@ -161,6 +161,7 @@ RANDOM_COLUMNS = (
     ("n", "n"),
     ("true_llc", "λ"),
     ("nuts", "NUTS"),
+    ("sampler", "sampler"),
     ("estimate", "λ̂ ± se"),
     ("vs_true", "vs λ"),
     ("vs_nuts", "vs NUTS"),
@@ -227,6 +228,7 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             "estimate": f"{fmt(r['llc'])} ± {fmt(r['llc_stderr'], 2)}",
             "vs_true": _pct(r["rel_error"]),
             "vs_nuts": _pct(r["rel_error_nuts"]),
+            "sampler": r.get("sampler", "–"),  # rows stored before it was recorded
             "warned": ", ".join(warning_kinds(current_warnings(r))) or "none",
         }
         for r in rows
@@ -271,7 +273,8 @@ def random_page(rows: list[dict], summary: dict, command: str) -> str:
             "Settings",
             "Cases: `slt_probe.truth.random_cases.random_case(seed)` for the seeds below "
             "(families, sizes, bases and data drawn from the seed; nobody picked them). "
-            "`estimate_llc` with default arguments. NUTS: `nuts_llc`, 2 chains × (300 warm-up "
+            "`estimate_llc` with default arguments unless the command names a sampler (the "
+            "sampler column says which kernel ran). NUTS: `nuts_llc`, 2 chains × (300 warm-up "
             "+ 400 draws), the same nβ = n/log n and γ. vs λ = λ̂/λ − 1; vs NUTS = λ̂/NUTS − 1. "
             "se: standard error across chains. Warnings: those of the current rules (rows "
             "stored by an earlier run have their cold-chain and imprecision warnings re-decided "

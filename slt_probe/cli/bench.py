@@ -164,7 +164,7 @@ def _random(args) -> int:
         rows = sorted({r["seed"]: r for r in reversed(rows)}.values(), key=lambda r: r["seed"])
     else:
         seeds = random_seeds(args.random, args.random_start)
-        rows = random_accuracy.random_rows(seeds, args.nuts_cache)
+        rows = random_accuracy.random_rows(seeds, args.nuts_cache, sampler=args.sampler)
     summary = random_report.summarise_random(rows)
     payload = {"benchmark": "accuracy_random", **summary, **_machine(), "rows": rows}
     if args.json == DEFAULT_JSON:
@@ -315,7 +315,12 @@ def register(sub) -> None:
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
     a.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter chains")
-    a.add_argument("--sampler", default="sgld", choices=["sgld", "sgnht", "rmsprop_sgld", "baoab"])
+    a.add_argument(
+        "--sampler",
+        default="auto",
+        choices=["auto", "sgld", "sgnht", "rmsprop_sgld", "baoab"],
+        help="estimate_llc's sampler (default: its default, auto); --random runs it too",
+    )
     a.add_argument("--seed", type=int, default=0)
     a.add_argument(
         "--seeds", type=int, nargs="+", help="several seeds (data and chains); overrides --seed"

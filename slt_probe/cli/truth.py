@@ -26,8 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for data, w* and samplers")
     p.add_argument(
         "--methods",
-        default="sgld,devinterp,nuts",
-        help="comma-separated subset of sgld,devinterp,nuts (default all)",
+        default="default,devinterp,nuts",
+        help="comma-separated subset of default,devinterp,nuts (default all)",
     )
     pages.add_markdown_option(p, "validate")
     p.set_defaults(func=run)

@@ -12,8 +12,8 @@ import numpy as np
 from slt_probe.estimators.result import Diagnostics
 
 RHAT_WARN = 1.1
-#: Stiffness (ε·a for SGLD) at the chains' end above which λ̂ is flagged: a quarter of SGLD's
-#: stability limit, and 5–10× what ``step_size="auto"`` aims for.
+#: Stiffness (ε·a for SGLD, h²·a for BAOAB) at the chains' end above which λ̂ is flagged: a
+#: quarter of the stability limit, and 5–10× what ``step_size="auto"`` aims for.
 STIFFNESS_WARN = 1.0
 #: Virial ratio above which the chains are flagged as hotter than the target (with 3 standard
 #: errors to spare): for a locally quadratic loss λ̂ is inflated by about as much.
@@ -150,8 +150,8 @@ def stiffness_warning(end: dict) -> str:
     """The warning for chains that ended in a region too stiff for their step size."""
     return (
         f"the chains ended {end['distance']:.3g} from w* where the curvature is {end['curvature']:.3g}: "
-        f"step × curvature = {end['stiffness']:.2g} (> {STIFFNESS_WARN:g}; 4 is SGLD's stability "
-        "limit), so the step size is too coarse for the region they reached and λ̂ is inflated. "
+        f"the sampler's stiffness there (ε·a for SGLD, h²·a for BAOAB) = {end['stiffness']:.2g} "
+        f"(> {STIFFNESS_WARN:g}; 4 is the stability limit), so the step size is too coarse for the region they reached and λ̂ is inflated. "
         "Use a smaller step size, fewer steps, or a larger localization γ to keep the chains near w*."
     )
 

@@ -170,7 +170,13 @@ def estimate_llc(
         cal = calibrate(posterior, kernel, budget, accuracy)
         step_size, calibration = cal.step_size, cal.as_dict()
     sampled = sample(
-        posterior, kernel, budget, step_size, factors=args["factors"], retries=args["retries"]
+        posterior,
+        kernel,
+        budget,
+        step_size,
+        factors=args["factors"],
+        retries=args["retries"],
+        accuracy=calibration.get("accuracy"),
     )
 
     def summary(sampled, budget):

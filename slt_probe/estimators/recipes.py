@@ -1,8 +1,9 @@
 """The steps of an LLC estimate, each a function of (posterior, kernel, budget):
 
 1. :func:`calibrate` — the step size from the local curvature and short pilot chains;
-2. :func:`sample` — the main chains, repeated at ε/4 when a chain diverged (``retries``), at
-   one or more step-size factors (extrapolation);
+2. :func:`sample` — the main chains, repeated at ε/4 when a chain diverged (``retries``) and, for
+   a calibrated ε, at an ε recalibrated to the curvature the chains reached when it was too
+   stiff for them; at one or more step-size factors (extrapolation);
 3. :func:`extrapolate` — λ̂ per chain extrapolated linearly to ε → 0;
 4. :func:`summarise` — λ̂ per chain, diagnostics and warnings into an :class:`LLCResult`.
 
@@ -76,7 +77,8 @@ def calibrate(
 @dataclass
 class Sampled:
     """The main chains: ``runs`` as (ε, trace) per step-size factor, the base ε they ended at,
-    and the runs repeated at ε/4 because chains diverged (``retried``)."""
+    and the runs repeated (``retried``): at ε/4 because chains diverged (``diverged_chains``),
+    or at a recalibrated ε because they ended where ε was too coarse (``stiff_end``)."""
 
     runs: list[tuple[float, ChainTrace]]
     step_size: float
@@ -96,10 +98,19 @@ def sample(
     *,
     factors: tuple[float, ...] = (1.0,),
     retries: int = 0,
+    accuracy: float | None = None,
 ) -> Sampled:
     """``budget.num_chains`` chains at ε·f for each factor f, repeated at ε/4 (at most
-    ``retries`` times) while any chain diverged."""
-    eps, retried = step_size, []
+    ``retries`` times) while any chain diverged.
+
+    ``accuracy`` (ε was calibrated here, to stiffness ``accuracy`` at the curvature of w* and
+    the pilots): when the chains ended where the kernel's stiffness at ε exceeds
+    :data:`STIFFNESS_WARN`, the run is repeated once at the ε that meets ``accuracy`` at the
+    curvature they reached. At a singular w* the flat directions lead into regions stiffer than
+    any short pilot visits, and a step too coarse there heats the chains and inflates λ̂; the
+    user who asked for a calibrated ε asked for one that holds where the chains go.
+    """
+    eps, retried, restepped = step_size, [], accuracy is None
     while True:
         runs = [
             (
@@ -116,10 +127,15 @@ def sample(
             for f in factors
         ]
         diverged = sum(int((t.diverged_at >= 0).sum()) for _, t in runs)
-        if not diverged or not retries:
+        if diverged and retries:
+            retried.append({"step_size": eps, "diverged_chains": diverged})
+            eps, retries = eps / 4, retries - 1
+            continue
+        end = {} if restepped else posterior.end_curvature(kernel, runs[0][1], runs[0][0])
+        if end.get("stiffness", 0.0) <= STIFFNESS_WARN:
             return Sampled(runs, eps, retried)
-        retried.append({"step_size": eps, "diverged_chains": diverged})
-        eps, retries = eps / 4, retries - 1
+        retried.append({"step_size": eps, "stiff_end": end})
+        eps, restepped = kernel.auto_step_size(end["curvature"], accuracy), True
 
 
 def chain_llc(trace: ChainTrace, init_loss: float, nbeta: float, num_burnin: int):
@@ -259,6 +275,8 @@ def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibrat
     if calibration.get("warning"):
         diagnostics.warnings.insert(0, calibration["warning"])
     for r in sampled.retried:
+        if "diverged_chains" not in r:  # a recalibrated ε is in the record, not a warning
+            continue
         diagnostics.warnings.insert(
             0,
             f"step_size='auto': {r['diverged_chains']} chain(s) diverged at ε={r['step_size']:.3g}; "
@@ -268,7 +286,7 @@ def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibrat
 
 
 def _with_retries(calibration: dict, sampled: Sampled) -> dict:
-    """The calibration record, with the main runs repeated at ε/4 and the ε they ended at."""
+    """The calibration record, with the repeated main runs and the ε they ended at."""
     if not sampled.retried:
         return calibration
     calibration = dict(calibration)
@@ -276,6 +294,10 @@ def _with_retries(calibration: dict, sampled: Sampled) -> dict:
     calibration["step_size"] = sampled.step_size
     calibration["reason"] = calibration.get("reason", "") + "".join(
         f"; main run at ε={r['step_size']:.3g} had {r['diverged_chains']} diverged chain(s): ε/4"
+        if "diverged_chains" in r
+        else f"; main run at ε={r['step_size']:.3g} ended at curvature "
+        f"{r['stiff_end']['curvature']:.3g} (stiffness {r['stiff_end']['stiffness']:.2g}): "
+        "ε recalibrated to it"
         for r in sampled.retried
     )
     return calibration

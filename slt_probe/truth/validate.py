@@ -2,9 +2,10 @@
 
 For each case of :func:`slt_probe.truth.cases.standard_cases` (plus, in the full table, RRR
 4-3-4 at n = 10⁵ to show the finite-n gap closing): the true λ; λ̂ from ``estimate_llc`` with
-the vmap backend (default arguments: SGLD, step_size="auto"); λ̂ from the devinterp backend
-(devinterp 1.3.2's own estimator at the step size the vmap run calibrated; shorter chains, as
-it runs chain after chain); and λ̂ from NUTS on the same localised posterior (an exact sampler
+default arguments (column ``default``: what a user gets; ``sampler`` in its cell says which
+kernel ran); λ̂ from the devinterp backend (devinterp 1.3.2's own SGLD estimator, at the step
+size the default run calibrated when that run was SGLD too, else at its own calibration; shorter
+chains, as it runs chain after chain); and λ̂ from NUTS on the same localised posterior (an exact sampler
 with full-batch loss: the finite-n reference, free of SG-MCMC bias); each with its relative
 error (λ̂/λ − 1) and seconds.
 Written as markdown (``validate.md``), escaped HTML (``validate.html``) and JSON
@@ -24,18 +25,18 @@ from slt_probe.files import atomic_write_text
 from slt_probe.truth.cases import TruthCase, rrr_case, standard_cases
 from slt_probe.truth.nuts import nuts_llc
 
-METHODS = ("sgld", "devinterp", "nuts")
+METHODS = ("default", "devinterp", "nuts")
 
-# Chain lengths. "sgld" runs estimate_llc with its defaults (what a user gets); devinterp steps
+# Chain lengths. "default" runs estimate_llc with its defaults (what a user gets); devinterp steps
 # its chains one after another, far slower per chain-step, so it gets shorter chains.
 SETTINGS = {
     "quick": {
-        "sgld": {},
+        "default": {},
         "devinterp": {"num_chains": 2, "num_draws": 500, "num_burnin": 500},
         "nuts": {"num_warmup": 150, "num_samples": 150, "num_chains": 2},
     },
     "full": {
-        "sgld": {},
+        "default": {},
         "devinterp": {"num_chains": 4, "num_draws": 600, "num_burnin": 600},
         "nuts": {"num_warmup": 300, "num_samples": 600, "num_chains": 2},
     },
@@ -48,11 +49,12 @@ def _estimate(method: str, case: TruthCase, settings: dict, seed: int) -> dict:
         res = nuts_llc(case, seed=seed, **settings)
         extra = {"r_hat": res.r_hat, "divergent": res.num_divergent}
     else:
-        backend = "vmap" if method == "sgld" else "devinterp"
+        backend = "vmap" if method == "default" else "devinterp"
         res = estimate_llc(
             case.model, case.loss_fn, case.data, backend=backend, seed=seed, **settings
         )
         extra = {
+            "sampler": res.sampler,
             "step_size": res.step_size,
             "llc_stderr": res.llc_stderr,
             "warnings": list(res.diagnostics.warnings),
@@ -100,10 +102,12 @@ def run_validation(
                 row[method] = {"skipped": skip[method]}
                 continue
             kw = dict(settings[method])
-            if method == "devinterp" and "step_size" in row.get("sgld", {}):
-                # devinterp's sampler at the ε the vmap run calibrated: the two columns then
-                # differ only by implementation and chain length, not by step size
-                kw["step_size"] = row["sgld"]["step_size"]
+            default = row.get("default", {})
+            if method == "devinterp" and default.get("sampler") == "sgld":
+                # devinterp's SGLD at the ε the default SGLD run calibrated: the two columns then
+                # differ only by implementation and chain length, not by step size (another
+                # kernel's ε is not an SGLD step size)
+                kw["step_size"] = default["step_size"]
             try:
                 row[method] = _estimate(method, case, kw, seed)
             except Exception as exc:  # one failing estimator must not lose the whole table
@@ -165,10 +169,11 @@ def table(rows: list[dict], methods=METHODS) -> tuple[list[str], list[list[str]]
 NOTE = (
     "err = λ̂/λ − 1 against the closed-form (asymptotic, n → ∞) λ. NUTS samples the same "
     "localised tempered posterior exactly (full-batch loss, Metropolis-corrected), so it is the "
-    "finite-n reference: SGLD − NUTS is the SG-MCMC error; NUTS − λ is the finite-n (and "
+    "finite-n reference: default − NUTS is the SG-MCMC error; NUTS − λ is the finite-n (and "
     "finite-γ) gap, largest for singular cases and multiplicity m > 1. Cases have n = 10,000 "
-    "unless their name says otherwise. The devinterp column is devinterp 1.3.2's own estimator "
-    "at the vmap run's step size (unpaired minibatch losses, shorter chains)."
+    "unless their name says otherwise. The default column is estimate_llc with default arguments "
+    '("auto": full-batch BAOAB on these small cases). The devinterp column is devinterp 1.3.2\'s '
+    "own SGLD estimator (unpaired minibatch losses, shorter chains)."
 )
 
 
