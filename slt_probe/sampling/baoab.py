@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from slt_probe.sampling.kernel import SHARED, ChainState, Kernel, Potential
+from slt_probe.sampling.kernel import SHARED, ChainState, MomentumKernel, Potential
 
 
 @dataclass
@@ -47,7 +47,7 @@ class BAOABState(ChainState):
     noise_scale: torch.Tensor | None = field(default=None, metadata=SHARED)
 
 
-class BAOAB(Kernel):
+class BAOAB(MomentumKernel):
     """BAOAB (see module docstring). ``friction``: g (1/time); ``None`` (default) chooses
     2·√max(γ, 1e-2): critical damping of the flattest directions, which the localisation bounds.
     ``step`` updates positions and momenta in place."""
@@ -100,16 +100,6 @@ class BAOAB(Kernel):
             return super().minibatch_noise(potential, step_size)
         return {"mean_fraction": float(frac.mean()), "clamped_coordinates": int((frac > 1).sum())}
 
-    @staticmethod
-    def auto_step_size(a_max: float, accuracy: float) -> float:
-        """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
-        return math.sqrt(accuracy / a_max)
-
-    @staticmethod
-    def stiffness(step_size: float, curvature: float) -> float:
-        """h²·a (stable below 4), the counterpart of SGLD's ε·a."""
-        return step_size**2 * curvature
-
     def step(self, state: BAOABState, grad_loss, noise) -> BAOABState:
         u, h, w, p, c = (
             state.potential,
@@ -129,9 +119,4 @@ class BAOAB(Kernel):
         else:
             p.addcmul_(noise, state.noise_scale, value=kick)
         w.add_(p, alpha=0.5 * h)
-        return state
-
-    def reset(self, state, dead, center):
-        state.position[dead] = center
-        state.momentum[dead] = 0.0
         return state

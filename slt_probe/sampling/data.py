@@ -6,6 +6,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+def num_examples(data) -> int | None:
+    """n of ``data`` as :func:`as_tensors` will count it, without converting anything: ``(X,
+    Y)``, a ``DataLoader`` (its dataset) or a sized ``Dataset``; ``None`` where it cannot be
+    told (:func:`as_tensors` then says what is wrong)."""
+    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
+        return int(data[0].shape[0]) if len(data[0].shape) else None
+    data = getattr(data, "dataset", data)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
     """``(X, Y)`` from a tuple/list of two tensors, a map-style ``Dataset`` or a ``DataLoader``.
 

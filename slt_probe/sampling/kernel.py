@@ -211,6 +211,27 @@ class Kernel:
         return step_size * curvature
 
 
+class MomentumKernel(Kernel):
+    """A kernel with a momentum ``p`` (``state.momentum``, ``[C, d]``) that moves w by h·p: its
+    step size h enters the dynamics squared (a direction of curvature a is stable while
+    h²·a < 4), and a reset chain starts again at rest."""
+
+    @staticmethod
+    def auto_step_size(a_max: float, accuracy: float) -> float:
+        """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
+        return math.sqrt(accuracy / a_max)
+
+    @staticmethod
+    def stiffness(step_size: float, curvature: float) -> float:
+        """h²·a (stable below 4), the counterpart of SGLD's ε·a."""
+        return step_size**2 * curvature
+
+    def reset(self, state: ChainState, dead: torch.Tensor, center: torch.Tensor) -> ChainState:
+        state = super().reset(state, dead, center)
+        state.momentum[dead] = 0.0
+        return state
+
+
 def check_step_size(step_size: Any, field: str = "step_size") -> float:
     """``step_size`` as a float if it is a positive finite number (not a bool), else a
     ``ValueError`` naming ``field``. The one step-size range check: the driver and the

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from slt_probe.sampling.kernel import SHARED, ChainState, Kernel, Potential
+from slt_probe.sampling.kernel import SHARED, ChainState, MomentumKernel, Potential
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SGNHTState(ChainState):
     step_size: float = field(default=0.0, metadata=SHARED)
 
 
-class SGNHT(Kernel):
+class SGNHT(MomentumKernel):
     """SGNHT (see module docstring). ``step`` returns new tensors."""
 
     name = "sgnht"
@@ -64,19 +64,8 @@ class SGNHT(Kernel):
             float(step_size),
         )
 
-    @staticmethod
-    def auto_step_size(a_max: float, accuracy: float) -> float:
-        """h = √(accuracy / a_max): h²·a_max = accuracy, as ε·a_max for SGLD."""
-        return math.sqrt(accuracy / a_max)
-
-    @staticmethod
-    def stiffness(step_size: float, curvature: float) -> float:
-        """h²·a, the counterpart of SGLD's ε·a."""
-        return step_size**2 * curvature
-
     def reset(self, state, dead, center):
-        state.position[dead] = center
-        state.momentum[dead] = 0.0
+        state = super().reset(state, dead, center)
         state.thermostat[dead] = 0.0
         return state
 
