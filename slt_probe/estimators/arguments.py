@@ -18,6 +18,7 @@ from slt_probe.estimators.inputs import check_model_for_vmap
 from slt_probe.estimators.posterior import Budget
 from slt_probe.estimators.recipes import AUTO_RETRIES, Precision
 from slt_probe.estimators.selection import check_params_type, resolve_params
+from slt_probe.sampling.data import num_examples
 from slt_probe.sampling.functional import resolve_dtype
 from slt_probe.sampling.kernel import Kernel, check_choice, check_step_size
 from slt_probe.sampling.kernels import KERNELS, kernel_options, make_kernel
@@ -183,18 +184,6 @@ def kernel_for(sampler: str, sampler_options: dict | None, minibatch_correction:
     return make_kernel(sampler, **options)
 
 
-def _num_examples(data: Any) -> int | None:
-    """n without converting the data: ``(X, Y)``, a ``DataLoader`` or a sized ``Dataset``
-    (``None`` where it cannot be told; the posterior's checks then speak)."""
-    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
-        return int(data[0].shape[0]) if len(data[0].shape) else None
-    data = getattr(data, "dataset", data)
-    try:
-        return len(data)
-    except TypeError:
-        return None
-
-
 def resolve_sampler(args: Mapping[str, Any]) -> tuple[str, int | None]:
     """The kernel ``sampler="auto"`` stands for, and the batch size that goes with it.
 
@@ -209,7 +198,7 @@ def resolve_sampler(args: Mapping[str, Any]) -> tuple[str, int | None]:
     """
     sampler, batch = args["sampler"], args["batch_size"]
     # callers without the data at hand (the batched groups) get what they asked for, or SGLD
-    n = _num_examples(args["data"]) if "data" in args else None
+    n = num_examples(args["data"]) if "data" in args else None
     if sampler == "baoab" and batch is None:
         return sampler, n  # its default: minibatch noise heats it
     if sampler != "auto" or n is None:
