@@ -97,7 +97,7 @@ PROBE_CASES = [
         "sampler option of another kernel",
         {"sampler_options": {"alpha": 0.9}},
         ValueError,
-        "sampler_options: 'alpha' is not an option of sampler 'sgld'",
+        "sampler_options: 'alpha' is not an option of sampler 'auto' (SGLD once it has options)",
     ),
     (
         "devinterp with compute_dtype",

@@ -85,12 +85,15 @@ def check_sampler_options(sampler: str, options: Mapping | None, field: str) -> 
     if options is None:
         return {}
     options = table(field, options)
-    known = kernel_options("sgld" if sampler == "auto" else sampler)
+    kernel = "sgld" if sampler == "auto" else sampler
+    known = kernel_options(kernel)
     for key, value in options.items():
         if key not in known:
+            what = f"sampler {sampler!r}" + (
+                " (SGLD once it has options)" if kernel != sampler else ""
+            )
             raise ValueError(
-                f"{field}: {key!r} is not an option of sampler {sampler!r} "
-                f"(its options: {sorted(known)})"
+                f"{field}: {key!r} is not an option of {what}; its options: {sorted(known)}"
             )
         _check_like(f"{field}.{key}", value, known[key])
     return options
