@@ -239,10 +239,11 @@ def speed_page(payload: dict, command: str, small: bool = False) -> str:
     lines = [
         f"- float32 matmul peak: {peaks}; oneDNN products "
         f"{'on' if onednn['enabled'] else 'off'} ({fmt(onednn['reason'])}).",
-        f"- Time to a 5 % relative standard error on {precision.get('case', '–')}: "
-        f"{fmt(precision.get('seconds'), 3)} s ({fmt(precision.get('num_burnin'))} burn-in + "
-        f"{fmt(precision.get('draws'))} draws per chain; λ̂ {fmt(precision.get('llc'))} for "
-        f"λ = {fmt(precision.get('true_llc'))}).",
+        f"- Time to a trustworthy λ̂ (`target_rse=0.05`: R-hat ≤ 1.05, no drift, 5 % relative "
+        f"standard error) on {precision.get('case', '–')}: {fmt(precision.get('seconds'), 3)} s "
+        f"({fmt(precision.get('steps'))} steps per chain, burn-in included, sampler "
+        f"{fmt(precision.get('sampler'))}, target {'met' if precision.get('met') else 'not met'}; "
+        f"λ̂ {fmt(precision.get('llc'))} for λ = {fmt(precision.get('true_llc'))}).",
     ]
     if share:
         lines.append(

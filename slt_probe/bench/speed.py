@@ -104,26 +104,16 @@ def transformer_workload(p: int = 53, seed: int = 0) -> Workload:
     )
 
 
-def seconds_to_precision(
-    case,
-    target: float = 0.05,
-    start_draws: int = 250,
-    max_draws: int = 64_000,
-    num_burnin: int = 4000,
-    **kwargs,
-):
-    """Wall seconds of the first estimate whose standard error across chains is ≤ ``target``·λ̂,
-    doubling the draws from ``start_draws`` after ``num_burnin`` steps (estimate_llc's default:
-    shorter burn-in reaches a small standard error sooner but around a biased mean on singular
-    cases). Returns (seconds, draws, result)."""
-    draws = start_draws
-    while True:
-        res = estimate_llc(
-            case.model, case.loss_fn, case.data, num_draws=draws, num_burnin=num_burnin, **kwargs
-        )
-        if res.llc_stderr <= target * abs(res.llc_mean) or draws >= max_draws:
-            return res.wall_time_s, draws, res
-        draws *= 2
+def seconds_to_precision(case, target: float = 0.05, max_steps: int = 68_000, **kwargs):
+    """Wall seconds of ``estimate_llc(..., target_rse=target, max_steps=max_steps)`` on the case:
+    after the burn-in the same chains draw in rounds until split R-hat ≤ 1.05, no drift and a
+    standard error ≤ ``target``·λ̂, or ``max_steps`` steps per chain are spent (what a user who
+    asks for a trustworthy λ̂ waits for). Returns (seconds, steps per chain, result); whether the
+    target was met is ``result.diagnostics.precision["met"]``."""
+    res = estimate_llc(
+        case.model, case.loss_fn, case.data, target_rse=target, max_steps=max_steps, **kwargs
+    )
+    return res.wall_time_s, res.diagnostics.precision["steps"], res
 
 
 def devinterp_tight_loop(

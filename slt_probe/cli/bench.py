@@ -71,18 +71,23 @@ def _speed_rows(args, peak: float) -> list[dict]:
 
 
 def _time_to_precision() -> dict:
-    """Seconds to a 5 % relative standard error on DLN 10-8-6-4 (rank 2) after the burn-in."""
+    """Seconds to a trustworthy λ̂ (R-hat ≤ 1.05, no drift, 5 % relative standard error) on DLN
+    10-8-6-4 (rank 2) with default arguments."""
     case = dln_case([10, 8, 6, 4], 2)
-    seconds, draws, res = speed.seconds_to_precision(case, target=0.05)
+    seconds, steps, res = speed.seconds_to_precision(case, target=0.05)
+    met = res.diagnostics.precision["met"]
     print(
-        f"  5 % relative standard error on {case.name}: {seconds:.1f} s ({res.num_burnin} burn-in"
-        f" + {draws} draws/chain; λ̂ {res.llc_mean:.2f} vs λ {case.true_llc:g})"
+        f"  R-hat ≤ 1.05 and 5 % relative standard error on {case.name}: {seconds:.1f} s "
+        f"({steps} steps/chain, {res.sampler}{'' if met else ', NOT met'}; λ̂ {res.llc_mean:.2f} "
+        f"vs λ {case.true_llc:g})"
     )
     return {
         "case": case.name,
         "true_llc": case.true_llc,
         "seconds": seconds,
-        "draws": draws,
+        "steps": steps,
+        "met": met,
+        "sampler": res.sampler,
         "llc": res.llc_mean,
         "llc_stderr": res.llc_stderr,
         "rel_error": res.llc_mean / case.true_llc - 1.0,
