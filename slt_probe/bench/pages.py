@@ -351,6 +351,7 @@ def groups_page(payload: dict, command: str) -> str:
         ("sequential_s", "one after another (s)"),
         ("speedup", "speed-up"),
         ("max_llc_gap", "largest λ̂ gap"),
+        ("gradient_batched", "batched gradient"),
     ]
     body = (
         "The weight-restricted λ̂ of every group, with the same chains (ε, chains per group, "
@@ -358,6 +359,20 @@ def groups_page(payload: dict, command: str) -> str:
         "chains as the rows of one batched run (`estimate_llc_groups`, what `LLCProbe(groups=...)` "
         "runs) and `estimate_llc(params=group)` for one group after another. Speed-up = "
         "one-after-another seconds / batched seconds. The largest λ̂ gap between the two ways is "
-        "chain noise (different noise draws).\n\n" + table(rows, columns)
+        "chain noise (different noise draws).\n\n" + table(rows, columns) + "\n\n" + _GROUPS_WHY
     )
     return page("Per-group λ̂: batched against one after another", command, [("Groups", body)])
+
+
+_GROUPS_WHY = (
+    "Where the groups share parameter tensors (attention heads: every head is rows of the same "
+    "W_QKV and columns of the same W_O), a batched step computes for all heads what one head "
+    "alone would, so the batch saves nearly everything but one group's work. Where the groups "
+    "are disjoint tensors of a Linear stack (an MLP's layers), each row runs from its first "
+    "sampled layer on (the w* forward pass before it is computed once per step and shared), "
+    "differentiates only its own tensors and draws noise only on its own columns "
+    "(`slt_probe.sampling.restricted`): the arithmetic is what one layer after another does, "
+    "less the shared forward passes, so the batch saves the repeated w* forward passes and the "
+    "per-estimate overheads, not the chains' own work, and cannot reach the heads' speed-up. "
+    "The kernel's update still runs over every row's whole union of tensors."
+)
