@@ -143,6 +143,9 @@ def test_bench_groups_compares_batched_and_sequential(tmp_path, capsys):
         assert r["batched_s"] > 0 and r["sequential_s"] > 0
         assert r["speedup"] == pytest.approx(r["sequential_s"] / r["batched_s"])
         assert set(r["llc_batched"]) == set(r["llc_sequential"])
+    # disjoint whole layers take the row-restricted stack; heads (parts of tensors) do not
+    assert rows["3 layers"]["gradient_batched"].startswith("Linear stack, row by row")
+    assert rows["4 attention heads"]["gradient_batched"] == "torch.func vmap"
     assert payload["cpu_model"]
     page = md.read_text()
     assert page.startswith("# Per-group λ̂: batched against one after another\n")

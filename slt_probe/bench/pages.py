@@ -352,6 +352,7 @@ def groups_page(payload: dict, command: str) -> str:
         ("sequential_s", "one after another (s)"),
         ("speedup", "speed-up"),
         ("max_llc_gap", "largest λ̂ gap"),
+        ("gradient_batched", "batched gradient"),
     ]
     body = (
         "The weight-restricted λ̂ of every group, with the same chains (ε, chains per group, "
@@ -359,6 +360,22 @@ def groups_page(payload: dict, command: str) -> str:
         "chains as the rows of one batched run (`estimate_llc_groups`, what `LLCProbe(groups=...)` "
         "runs) and `estimate_llc(params=group)` for one group after another. Speed-up = "
         "one-after-another seconds / batched seconds. The largest λ̂ gap between the two ways is "
-        "chain noise (different noise draws).\n\n" + table(rows, columns)
+        "chain noise (different noise draws).\n\n" + table(rows, columns) + "\n\n" + _GROUPS_WHY
     )
     return page("Per-group λ̂: batched against one after another", command, [("Groups", body)])
+
+
+_GROUPS_WHY = (
+    "Where the groups share parameter tensors (attention heads: every head is rows of the same "
+    "W_QKV and columns of the same W_O), a batched step computes for all heads at once what one "
+    "head alone would (the generic vmap gradient). Where the groups are disjoint tensors of a "
+    "Linear stack (an MLP's layers), each row runs from its first sampled layer on (the w* "
+    "forward pass below it is computed once per step and shared), differentiates only its own "
+    "tensors and draws noise only on its own coordinates (`slt_probe.sampling.restricted`); "
+    "being plain autograd, it lets the rows run as blocks of chains on every core. One layer "
+    "after another does the same chains' arithmetic but repeats the w* forward pass below each "
+    "layer and each estimate's set-up (minibatch-gradient variance, reference losses, "
+    "diagnostics), on one block of chains. The kernel's update still runs over every row's "
+    "whole union of tensors. Timings on a shared machine move with its load (above): compare "
+    "rows of one page only."
+)

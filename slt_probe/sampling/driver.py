@@ -18,6 +18,7 @@ import torch
 from slt_probe.sampling.functional import FlatModel
 from slt_probe.sampling.groups import ChainGroups, num_groups, splittable
 from slt_probe.sampling.kernel import ChainState, Kernel, Potential, check_step_size
+from slt_probe.sampling.noise import NoiseStream
 
 #: Steps per chunk. Divergence is checked once per chunk (cheap, and NaN cannot leak across
 #: chains), and blocks of chains on threads step a whole chunk without meeting: one barrier per
@@ -70,65 +71,6 @@ def _cat(a: torch.Tensor | None, b: torch.Tensor | None, dim: int) -> torch.Tens
     if a is None or b is None:
         return b if a is None else a
     return torch.cat([a, b], dim=dim)
-
-
-class NoiseStream:
-    """Noise tensors of shape ``[C, d]``, one per step, from generators seeded by ``seed``.
-
-    Each step draws ξ_t ~ N(0, I). With ``leimkuhler_matthews`` a step's noise is instead
-    (ξ_t + ξ_{t+1})/2 (ξ_0 drawn at construction): two buffers take turns, the fresh draw goes
-    into one and the other, still holding the previous draw, becomes the average in place, so
-    the scheme costs one extra pass per step and no copy.
-
-    On CPU ``randn`` is a single-threaded pass, a sizeable share of a large model's step. Large
-    draws (``split``) therefore give every chain its
-    own generator, so that blocks of chains can be drawn on different threads
-    (:mod:`slt_probe.sampling.groups`); the numbers depend only on the seed and the shape, never
-    on how the chains are grouped. Otherwise one generator draws the whole tensor in one call.
-    """
-
-    def __init__(
-        self, shape, seed: int, *, device, dtype, split: bool = False, leimkuhler_matthews=False
-    ):
-        self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
-        chains = self.shape[0]
-        root = torch.Generator().manual_seed(seed)
-        seeds = [int(s) for s in torch.randint(2**62, (chains if split else 1,), generator=root)]
-        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        # buffers overwritten by every draw: a fresh [C, d] tensor per step costs page faults
-        # on CPU (glibc returns large freed blocks to the OS)
-        self._buffers = [torch.empty(self.shape, device=self.device, dtype=dtype)]
-        self.leimkuhler_matthews = leimkuhler_matthews
-        if leimkuhler_matthews:
-            self._buffers.append(torch.empty_like(self._buffers[0]))
-            self._fill(self._buffers[1], 0, chains)  # ξ_0
-        self._parity = [0] * chains  # per chain: which buffer the next fresh draw goes into
-
-    def _fill(self, buffer: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        out = buffer[lo:hi]
-        if len(self.generators) == 1:
-            if (lo, hi) != (0, self.shape[0]):
-                raise ValueError("a NoiseStream without split draws all chains at once")
-            return out.normal_(generator=self.generators[0])
-        for c in range(lo, hi):
-            buffer[c].normal_(generator=self.generators[c])
-        return out
-
-    def draw(self, lo: int, hi: int) -> torch.Tensor:
-        """This step's noise for chains ``[lo, hi)`` (rows of a shared buffer: consume it before
-        the next draw of these chains). Without ``split`` only the whole range can be drawn."""
-        if not self.leimkuhler_matthews:
-            return self._fill(self._buffers[0], lo, hi)
-        parity = self._parity[lo]
-        fresh = self._fill(self._buffers[parity], lo, hi)  # ξ_{t+1}
-        previous = self._buffers[1 - parity][lo:hi]  # ξ_t, no longer needed after this step
-        for c in range(lo, hi):
-            self._parity[c] = 1 - parity
-        return previous.lerp_(fresh, 0.5)
-
-    def next(self) -> torch.Tensor:
-        """The next draw for every chain."""
-        return self.draw(0, self.shape[0])
 
 
 def sample_batch_indices(
@@ -186,7 +128,9 @@ def run_chains(
 
     ``potential.mask`` (``[d]`` shared or ``[C, d]`` one row per chain) restricts the chains to
     the masked coordinates: each step's gradient and noise are multiplied by the chain's mask
-    row, so the other coordinates never leave w*.
+    row, so the other coordinates never leave w*. Where every row selects whole tensors of a
+    Linear stack, the gradient and the noise are computed on each row's own tensors only and
+    are masked as they come (:mod:`slt_probe.sampling.restricted`).
     """
     run = _ChainRun(
         kernel,
@@ -203,8 +147,8 @@ def run_chains(
         shared=shared_batch or batch_size >= x.shape[0],
         paired_reference=paired_reference,
         virial_steps=virial_steps,
+        mask=potential.row_mask(num_chains, flat.device, flat.dtype),
     )
-    run.mask = potential.row_mask(num_chains, flat.device, flat.dtype)
     # Noise has its own generators (on the sampling device), seeded from the caller's, so that
     # blocks of chains can draw theirs on their own threads; the split depends on shape alone.
     run.noise = NoiseStream(
@@ -214,6 +158,7 @@ def run_chains(
         dtype=flat.dtype,
         split=splittable(flat.device, num_chains, flat.dim),
         leimkuhler_matthews=kernel.leimkuhler_matthews,
+        spans=getattr(run.grad_fn, "spans", None),
     )
     runner = ChainGroups(num_chains, run.groups)
     try:
@@ -253,6 +198,7 @@ class _ChainRun:
         shared,
         paired_reference,
         virial_steps,
+        mask,
     ):
         self.kernel, self.state, self.flat, self.x, self.y = kernel, state, flat, x, y
         self.batch_size, self.shared = batch_size, shared
@@ -262,18 +208,22 @@ class _ChainRun:
         self.ref = None
         if self.ref_fn is not None:
             self.ref = torch.full(full, float("nan"), dtype=flat.dtype, device=flat.device)
-        self.grad_buffer = torch.empty_like(state.position)  # reused every step: see NoiseStream
+        # reused every step (see NoiseStream); zero-filled for a gradient that writes only the
+        # coordinates its rows sample (the row-restricted path)
+        self.grad_buffer = torch.zeros_like(state.position)
         self.groups = num_groups(flat.device, num_chains, flat.dim)
         # Blocks on threads need a gradient without torch.func transforms (concurrent transforms
         # on several threads corrupted each other's results): the hand-batched Linear-stack path
         # with the loss applied chain by chain. Other models run as one block.
-        threaded_grad = None
-        if self.groups > 1:
+        # rows sampling whole tensors of a Linear stack: only their own tensors' work
+        threaded_grad = flat.row_restricted_grad_and_loss(mask, shared, x, y)
+        if self.groups > 1 and threaded_grad is None:
             xs, ys = (x, y) if shared else (x[None], y[None])
             threaded_grad = flat.threaded_grad_and_loss(shared, xs, ys)
             if threaded_grad is None:
                 self.groups = 1
         self.grad_fn = threaded_grad or flat.batched_grad_and_loss(shared_batch=shared)
+        self.row_aware = getattr(self.grad_fn, "row_aware", False)  # told its rows' offset
         self.losses = torch.full(full, float("nan"), dtype=flat.dtype, device=flat.device)
         self.diverged_at = torch.full((num_chains,), -1, dtype=torch.long)
         self.alive = torch.ones(num_chains, dtype=torch.bool, device=flat.device)
@@ -288,7 +238,7 @@ class _ChainRun:
             self.delta_buffer = torch.empty_like(position)
         self.lock = threading.Lock()
         self.noise: NoiseStream | None = None
-        self.mask: torch.Tensor | None = None  # [1, d] or [C, d]: see run_chains
+        self.mask: torch.Tensor | None = mask  # [1, d] or [C, d]: see run_chains
         # this chunk's first step, minibatch indices and starting rows, read by every block
         self.current: dict = {}
 
@@ -326,9 +276,10 @@ class _ChainRun:
             # ones are this block's own rows of the state, which only it writes
             part = chunk["parts"][lo] if k == 0 else self.state.rows(lo, hi)
             xb, yb = self.batch(idx, lo, hi)
-            grads, loss = self.grad_fn(part.position, xb, yb, out=self.grad_buffer[lo:hi])
+            offset = {"first_row": lo} if self.row_aware else {}
+            grads, loss = self.grad_fn(part.position, xb, yb, out=self.grad_buffer[lo:hi], **offset)
             noise = self.noise.draw(lo, hi)
-            if self.mask is not None:  # the weight-restricted posterior (see run_chains)
+            if self.mask is not None and not self.row_aware:  # (row-aware: masked already)
                 rows = self.mask if self.mask.shape[0] == 1 else self.mask[lo:hi]
                 grads, noise = grads.mul_(rows), noise.mul_(rows)
             self.losses[lo:hi, t] = loss.detach()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from slt_probe.sampling.restricted import make_row_restricted_grad_and_loss, whole_tensor_rows
 from slt_probe.sampling.stacked import (
     Unsupported,
     make_stacked_grad_and_loss,
@@ -164,6 +165,26 @@ class FlatModel:
         fn = self._stacked(shared_batch, transform_free=True)
         if fn is None:
             return None
+        xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
+        try:
+            fn(self.w_star[None], xs, ys)
+        except Unsupported:
+            return None
+        return fn
+
+    def row_restricted_grad_and_loss(self, mask, shared_batch: bool, x, y):
+        """The gradient of :mod:`slt_probe.sampling.restricted` for chains whose mask rows
+        (``[R, d]``) each select whole tensors of a Linear stack; ``None`` when the mask, the
+        model or the inputs do not fit that path (checked on two examples of ``x, y``)."""
+        if mask is None or not self.fast_path or self.compute_dtype != self.dtype:
+            return None
+        plan = stacked_layers(self.model, self.names)
+        sampled = None if plan is None else whole_tensor_rows(mask, self.numels)
+        if sampled is None:
+            return None
+        fn = make_row_restricted_grad_and_loss(
+            plan, self.numels, self.shapes, self.loss_fn, shared_batch, sampled, self.w_star
+        )
         xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
         try:
             fn(self.w_star[None], xs, ys)
