@@ -95,7 +95,7 @@ RUNGS: dict[int, tuple[LadderShape, ...]] = {
     ),
     100_000: (
         _shape((180, 180, 180, 180), 10),
-        _shape((300, 80, 300, 80), 8),
+        _shape((320, 100, 320, 100), 8),
         _shape((150, 150, 150, 150, 150), 8),
     ),
     1_000_000: (
@@ -150,7 +150,11 @@ def moment_loss(mats: list[torch.Tensor], moments: dict) -> torch.Tensor:
     p = mats[0]
     for w in mats[1:]:
         p = w @ p
-    return 0.5 * torch.trace(p @ moments["xx"] @ p.T) - torch.trace(p @ moments["xy"]) + 0.5 * moments["yy"]
+    return (
+        0.5 * torch.trace(p @ moments["xx"] @ p.T)
+        - torch.trace(p @ moments["xy"])
+        + 0.5 * moments["yy"]
+    )
 
 
 def least_squares_loss(moments: dict) -> float:
@@ -169,8 +173,15 @@ def _curvature_bound(mats: list[torch.Tensor], sxx_norm: float) -> float:
 
 
 def train_from_small_init(
-    widths, moments: dict, gen: torch.Generator, *, init_scale: float | None = None,
-    lr: float = 0.2, momentum: float = 0.9, grad_tol: float = 1e-6, max_iters: int = 100_000,
+    widths,
+    moments: dict,
+    gen: torch.Generator,
+    *,
+    init_scale: float | None = None,
+    lr: float = 0.2,
+    momentum: float = 0.9,
+    grad_tol: float = 1e-6,
+    max_iters: int = 100_000,
 ) -> tuple[list[torch.Tensor], dict]:
     """Full-batch heavy-ball gradient descent (float64; step ``lr``, capped at the inverse of a
     curvature bound as the weights grow) from W_l ~ N(0, (init_scale²/H_{l−1}))
@@ -183,8 +194,9 @@ def train_from_small_init(
     """
     init_scale = init_scale_for(len(widths) - 1) if init_scale is None else init_scale
     mats = [
-        (torch.randn(b, a, generator=gen, dtype=torch.float64) * init_scale / math.sqrt(a))
-        .requires_grad_()
+        (
+            torch.randn(b, a, generator=gen, dtype=torch.float64) * init_scale / math.sqrt(a)
+        ).requires_grad_()
         for a, b in zip(widths[:-1], widths[1:])
     ]
     velocity = [torch.zeros_like(w) for w in mats]
@@ -210,10 +222,17 @@ def train_from_small_init(
             f"training of {list(widths)} did not reach ‖∇L_n‖ ≤ {grad_tol:g} in {max_iters} "
             f"iterations (last ‖∇L_n‖ = {gnorm:.3g})"
         )
-    record = {"iterations": it, "initial_loss": initial, "final_loss": float(loss.detach()),
-              "final_grad_norm": gnorm, "init_scale": init_scale, "lr": lr, "momentum": momentum,
-              "optimiser": "full-batch gradient descent, heavy-ball momentum, float64, from a small "
-                           "generic Gaussian initialisation"}
+    record = {
+        "iterations": it,
+        "initial_loss": initial,
+        "final_loss": float(loss.detach()),
+        "final_grad_norm": gnorm,
+        "init_scale": init_scale,
+        "lr": lr,
+        "momentum": momentum,
+        "optimiser": "full-batch gradient descent, heavy-ball momentum, float64, from a small "
+        "generic Gaussian initialisation",
+    }
     return [w.detach() for w in mats], record
 
 
@@ -258,21 +277,39 @@ def ladder_case(
     model = nn.Sequential(*layers)
     lam, mult = dln_llc(widths, r)
     nbeta = n / math.log(n)
-    info = {"widths": widths, "r": r, **record, **spectra,
-            # the posterior spreads the singular directions over ~ nβ^(-1/4): residual init
-            # components far below that scale are invisible to the sampler
-            "posterior_scale": nbeta**-0.25}
+    info = {
+        "widths": widths,
+        "r": r,
+        **record,
+        **spectra,
+        # the posterior spreads the singular directions over ~ nβ^(-1/4): residual init
+        # components far below that scale are invisible to the sampler
+        "posterior_scale": nbeta**-0.25,
+    }
     model.zero_grad(set_to_none=True)
     loss = half_squared_error(model(x), y)
-    gnorm = math.sqrt(sum(float((g.double() ** 2).sum())
-                          for g in torch.autograd.grad(loss, list(model.parameters()))))
+    gnorm = math.sqrt(
+        sum(
+            float((g.double() ** 2).sum())
+            for g in torch.autograd.grad(loss, list(model.parameters()))
+        )
+    )
     return TruthCase(
-        name=shape.name, model=model, loss_fn=half_squared_error, data=(x, y),
-        true_llc=float(lam), multiplicity=int(mult), d=shape.d,
-        description=(f"deep linear network {'-'.join(map(str, widths))}, teacher rank {r} in random "
-                     f"bases, w* trained by gradient descent from a small init; d = {shape.d}, "
-                     f"λ = {lam:g} (Aoyagi 2024), m = {mult}"),
-        grad_norm=gnorm, seed=seed, info=info,
+        name=shape.name,
+        model=model,
+        loss_fn=half_squared_error,
+        data=(x, y),
+        true_llc=float(lam),
+        multiplicity=int(mult),
+        d=shape.d,
+        description=(
+            f"deep linear network {'-'.join(map(str, widths))}, teacher rank {r} in random "
+            f"bases, w* trained by gradient descent from a small init; d = {shape.d}, "
+            f"λ = {lam:g} (Aoyagi 2024), m = {mult}"
+        ),
+        grad_norm=gnorm,
+        seed=seed,
+        info=info,
     )
 
 
