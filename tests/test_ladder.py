@@ -126,3 +126,45 @@ def test_ladder_rung_is_accurate(rung):
         assert row["r_hat"] <= 1.1 and not row["warnings"], row
         assert row["rel_stderr"] <= 0.03, row
     assert scale.rung_summary(rows)[0]["median_abs_error"] <= scale.TOLERANCE / 2
+
+
+def test_validate_scale_is_bench_scale(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_ladder(error):
+        def run_ladder(rungs, **kw):
+            seen.update(rungs=rungs, **kw)
+            row = {
+                "rung": 1000,
+                "case": "c",
+                "d": 1000,
+                "llc": 10.0,
+                "stderr": 0.1,
+                "llc_hat": 10 * (1 + error),
+                "ratio": 1 + error,
+                "rel_error": error,
+                "warnings": [],
+                "seconds": 1.0,
+                "ok": True,
+            }
+            return [row]
+
+        return run_ladder
+
+    monkeypatch.setattr("slt_probe.bench.speed.matmul_peaks", lambda: {"peak": 1e9})
+    argv = [
+        "validate",
+        "--scale",
+        "--rungs",
+        "1000",
+        "--scale-out",
+        str(tmp_path),
+        "--num-draws",
+        "7",
+    ]
+    monkeypatch.setattr(scale, "run_ladder", fake_ladder(0.02))
+    assert main(argv) == 0
+    assert seen["rungs"] == [1000] and seen["num_draws"] == 7 and seen["peak_flops"] == 1e9
+    assert json.loads((tmp_path / "scale.json").read_text())["rows"][0]["case"] == "c"
+    monkeypatch.setattr(scale, "run_ladder", fake_ladder(0.08))
+    assert main(argv) == 1  # the rung's median error, 8 %, is above the 5 %
