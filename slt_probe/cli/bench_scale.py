@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from slt_probe.bench import pages, scale, speed
 from slt_probe.cli.bench_common import _command
@@ -54,12 +55,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     if getattr(args, "markdown", None):
         body = scale.to_markdown(rows)
-        figure = f"![λ̂/λ against parameters]({paths['png'].name})"
-        note = (
-            "Settings: `estimate_llc` defaults"
-            + (f" with {kwargs}" if kwargs else "")
-            + "; the figure is written next to scale.json (copy it beside this page to show it)."
-        )
+        png = Path(args.markdown).with_suffix(".png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        scale.figure(rows).savefig(png, dpi=120)
+        figure = f"![λ̂/λ against parameters]({png.name})"
+        note = "Settings: `estimate_llc` defaults" + (f" with {kwargs}" if kwargs else "") + "."
         page = pages.page(
             "λ̂ at scale: the DLN ladder",
             _command(args),
