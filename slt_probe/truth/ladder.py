@@ -209,10 +209,16 @@ def train_from_small_init(
     # "the loss has fallen": half the way from the initial loss to the least-squares loss
     fallen = 0.5 * (initial + least_squares_loss(moments))
     sxx_norm = float(torch.linalg.matrix_norm(moments["xx"], 2))
+    step = lr
     for it in range(1, max_iters + 1):
-        if it % 50 == 1:
-            step = min(lr, 1.0 / _curvature_bound(mats, sxx_norm))
         loss = moment_loss(mats, moments)
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(
+                f"training of {list(widths)} diverged at iteration {it} (step {step:.3g}): the "
+                "weights grew faster than the curvature bound was refreshed"
+            )
+        if it % 10 == 1:
+            step = min(lr, 1.0 / _curvature_bound(mats, sxx_norm))
         grads = torch.autograd.grad(loss, mats)
         gnorm = math.sqrt(sum(float((g**2).sum()) for g in grads))
         if float(loss.detach()) < fallen and gnorm <= grad_tol:
