@@ -12,6 +12,7 @@ import torch
 from slt_probe.bench import accuracy, devinterp_cases, pages, random_accuracy, random_report, speed
 from slt_probe.cli.bench_common import _command, _emit, _machine
 from slt_probe.cli.bench_components import register_components
+from slt_probe.cli.bench_scale import register_scale
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
 from slt_probe.sampling import onednn
@@ -359,3 +360,4 @@ def register(sub) -> None:
     pages.add_markdown_option(a, "accuracy")
     a.set_defaults(func=_accuracy)
     register_components(bsub)
+    register_scale(bsub)

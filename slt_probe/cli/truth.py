@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from slt_probe.bench import pages
+from slt_probe.cli import bench_scale
 from slt_probe.truth.validate import METHODS, run_validation, to_markdown, write_outputs
 
 DEFAULT_OUT = "reports/validate"
@@ -29,11 +30,21 @@ def register(subparsers) -> None:
         default="default,devinterp,nuts",
         help="comma-separated subset of default,devinterp,nuts (default all)",
     )
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="the DLN ladder of 10³–10⁶ parameters instead (same as `slt-probe bench scale`)",
+    )
+    bench_scale.add_scale_options(p)
     pages.add_markdown_option(p, "validate")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scale:
+        if args.markdown == str(pages.default_page("validate")):
+            args.markdown = str(pages.default_page("scale"))
+        return bench_scale.run(args)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
