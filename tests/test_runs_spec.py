@@ -30,6 +30,20 @@ def test_shipped_specs_load_and_build(name):
     assert spec["model"]["arch"] in BUILTIN_ARCHS
 
 
+@pytest.mark.parametrize("name", ["omnigrok_mnist", "modadd_transformer"])
+def test_grokking_specs_probe_until_trustworthy(name):
+    """The showcase specs stop each probe point only when it passes its own checks: split R-hat
+    over >= 4 chains, no drift, 5 % relative standard error (issue 18), and their burn-in covers
+    several relaxation times 1/(εγ) of the directions only the localization holds (the chains
+    of the earlier settings had not relaxed there and disagreed)."""
+    probe = load_spec(MODELS / f"{name}.toml")["probe"]
+    assert probe["num_chains"] >= 4
+    assert probe["target_rse"] == 0.05
+    assert probe["max_steps"] >= probe["num_burnin"] + 4 * probe["num_draws"]
+    assert isinstance(probe["step_size"], float)  # one discretisation bias across the run
+    assert probe["num_burnin"] * probe["step_size"] * probe["localization"] >= 3.0
+
+
 def test_defaults_and_overrides():
     spec = load_spec(
         MODELS / "omnigrok_mnist.toml",
