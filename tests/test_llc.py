@@ -429,8 +429,10 @@ def test_auto_step_is_recalibrated_where_the_chains_ended_too_stiff_for_it(monke
     (retry,) = res.diagnostics.calibration["main_run_retries"]
     assert retry["step_size"] == pytest.approx(2.0 / a)
     assert retry["stiff_end"]["stiffness"] > STIFFNESS_WARN
-    # the new ε meets the accuracy at the curvature the chains met (power iteration: from below)
-    assert res.step_size == pytest.approx(0.1 / a, rel=0.06)
+    # the new ε meets the accuracy at the curvature the chains met, which the end check measures
+    # on 256 of the 2,000 examples (so near, not at, the full data's a)
+    assert res.step_size == pytest.approx(0.1 / retry["stiff_end"]["curvature"])
+    assert retry["stiff_end"]["curvature"] == pytest.approx(a, rel=0.15)
     assert res.diagnostics.end_curvature["stiffness"] < STIFFNESS_WARN
     assert not any("coarse" in w or "repeated" in w for w in res.diagnostics.warnings)
     assert "ε recalibrated" in res.diagnostics.calibration["reason"]
