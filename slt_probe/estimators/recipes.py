@@ -83,6 +83,9 @@ class Sampled:
     runs: list[tuple[float, ChainTrace]]
     step_size: float
     retried: list[dict] = field(default_factory=list)
+    #: where the last run's chains ended (:meth:`LocalPosterior.end_curvature`), when
+    #: :func:`sample` already measured it; ``None``: not measured yet
+    end: dict | None = None
 
     @property
     def last(self) -> tuple[float, ChainTrace]:
@@ -131,9 +134,9 @@ def sample(
             retried.append({"step_size": eps, "diverged_chains": diverged})
             eps, retries = eps / 4, retries - 1
             continue
-        end = {} if restepped else posterior.end_curvature(kernel, runs[0][1], runs[0][0])
-        if end.get("stiffness", 0.0) <= STIFFNESS_WARN:
-            return Sampled(runs, eps, retried)
+        end = None if restepped else posterior.end_curvature(kernel, runs[0][1], runs[0][0])
+        if end is None or end.get("stiffness", 0.0) <= STIFFNESS_WARN:
+            return Sampled(runs, eps, retried, end if len(runs) == 1 else None)
         retried.append({"step_size": eps, "stiff_end": end})
         eps, restepped = kernel.auto_step_size(end["curvature"], accuracy), True
 
@@ -259,7 +262,9 @@ def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibrat
             f"{diagnostics.minibatch_noise['clamped_coordinates']} coordinates, so it could not be "
             "fully corrected there and inflates λ̂: use a larger batch_size or a smaller step size."
         )
-    diagnostics.end_curvature = posterior.end_curvature(kernel, trace, eps)
+    diagnostics.end_curvature = (
+        sampled.end if sampled.end is not None else posterior.end_curvature(kernel, trace, eps)
+    )
     diagnostics.engine = dict(trace.engine)
     if diagnostics.end_curvature.get("stiffness", 0.0) > STIFFNESS_WARN:
         diagnostics.warnings.append(stiffness_warning(diagnostics.end_curvature))
