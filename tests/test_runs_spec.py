@@ -95,7 +95,7 @@ def test_switching_data_kind_by_override():
         ("probe.extrapolate=[1, -0.5]", "probe.extrapolate[1] must be > 0"),
         (
             "probe.sampler_options.alpha=0.9",
-            "probe.sampler_options: 'alpha' is not an option of sampler 'sgld'",  # the spec's
+            "probe.sampler_options: 'alpha' is not an option of sampler 'sgld'",  # the spec names its sampler
         ),
         ("probe.sampler_options.noise=3", "probe.sampler_options.noise must be a string"),
         ("probe.hessian_kwargs.kk=3", "probe.hessian_kwargs: unknown option 'kk'"),
