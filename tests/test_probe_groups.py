@@ -66,30 +66,26 @@ def test_probe_records_every_group_at_every_point_in_a_pandas_table(tmp_path):
     assert np.isfinite(table["llc_mean"]).all()
 
 
-def test_resume_drops_group_rows_of_a_step_without_its_llc_row(tmp_path):
-    model, loss, data = _setup()
-    with LLCProbe(
+def _layer_probe(loss, data, run_dir):
+    return LLCProbe(
         loss,
         data,
         schedule=[0, 1],
-        run_dir=tmp_path,
+        run_dir=run_dir,
         hessian=False,
         groups=slt_probe.groups.layers,
         **QUICK,
-    ) as probe:
+    )
+
+
+def test_resume_drops_group_rows_of_a_step_without_its_llc_row(tmp_path):
+    model, loss, data = _setup()
+    with _layer_probe(loss, data, tmp_path) as probe:
         probe.step(0, model)
     # a kill after the group rows of step 1 and before its llc.jsonl row
     path = tmp_path / "llc_groups.jsonl"
     path.write_text(path.read_text() + path.read_text().replace('"step": 0', '"step": 1'))
-    with LLCProbe(
-        loss,
-        data,
-        schedule=[0, 1],
-        run_dir=tmp_path,
-        hessian=False,
-        groups=slt_probe.groups.layers,
-        **QUICK,
-    ) as probe:
+    with _layer_probe(loss, data, tmp_path) as probe:
         assert [r["step"] for r in probe.group_rows] == [0, 0]
         assert probe.step(0, model) is None
         probe.step(1, model)

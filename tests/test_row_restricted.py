@@ -68,24 +68,9 @@ def test_noise_spans_draw_only_the_sampled_columns():
     rows draw what the whole batch draws (the numbers depend on the seed and spans alone)."""
     spans = [[(0, 3000)], [(3000, 5000), (6000, 8000)]]
     for lm in (False, True):
-        whole = NoiseStream(
-            (2, 8000),
-            5,
-            device="cpu",
-            dtype=torch.float64,
-            split=True,
-            leimkuhler_matthews=lm,
-            spans=spans,
-        )
-        blocks = NoiseStream(
-            (2, 8000),
-            5,
-            device="cpu",
-            dtype=torch.float64,
-            split=True,
-            leimkuhler_matthews=lm,
-            spans=spans,
-        )
+        options = dict(device="cpu", dtype=torch.float64, split=True, spans=spans)
+        whole = NoiseStream((2, 8000), 5, leimkuhler_matthews=lm, **options)
+        blocks = NoiseStream((2, 8000), 5, leimkuhler_matthews=lm, **options)
         for _ in range(3):
             a = whole.next().clone()
             b = torch.cat([blocks.draw(0, 1), blocks.draw(1, 2)])

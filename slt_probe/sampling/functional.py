@@ -162,15 +162,9 @@ class FlatModel:
         """The hand-batched gradient with the loss applied chain by chain: no torch.func
         transform, so blocks of chains can run it on several threads at once. ``None`` when the
         model or the inputs do not fit that path (checked on two examples of ``x, y``)."""
-        fn = self._stacked(shared_batch, transform_free=True)
-        if fn is None:
-            return None
-        xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
-        try:
-            fn(self.w_star[None], xs, ys)
-        except Unsupported:
-            return None
-        return fn
+        return self._if_it_fits(
+            self._stacked(shared_batch, transform_free=True), shared_batch, x, y
+        )
 
     def row_restricted_grad_and_loss(self, mask, shared_batch: bool, x, y):
         """The gradient of :mod:`slt_probe.sampling.restricted` for chains whose mask rows
@@ -185,6 +179,15 @@ class FlatModel:
         fn = make_row_restricted_grad_and_loss(
             plan, self.numels, self.shapes, self.loss_fn, shared_batch, sampled, self.w_star
         )
+        return self._if_it_fits(fn, shared_batch, x, y)
+
+    def _if_it_fits(self, fn, shared_batch: bool, x, y):
+        """``fn`` if one call on two examples of ``x, y`` at w* goes through, else ``None``: the
+        hand-written paths raise ``Unsupported`` on inputs they do not cover (a loss that is not
+        a mean over examples, labels of another shape), and the caller then takes the general
+        path instead of failing mid-chain."""
+        if fn is None:
+            return None
         xs, ys = (x[:2], y[:2]) if shared_batch else (x[:1, :2], y[:1, :2])
         try:
             fn(self.w_star[None], xs, ys)
