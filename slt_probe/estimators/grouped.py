@@ -139,23 +139,15 @@ def _group_result(posterior, kernel, budget, trace, selection, step_size, wall):
         )
         if warning:
             diagnostics.warnings.append(warning)
-    return LLCResult.from_chains(
+    return LLCResult.of_vmap_chains(
+        posterior,
+        kernel,
+        budget,
         llc,
         losses,
-        init_loss=posterior.init_loss,
         step_size=step_size,
-        nbeta=posterior.nbeta,
-        localization=posterior.localization,
-        num_chains=budget.num_chains,
-        num_draws=budget.num_draws,
-        num_burnin=budget.num_burnin,
-        batch_size=posterior.batch_size,
-        n=posterior.n,
-        sampler=kernel.name,
-        backend="vmap",
         diagnostics=diagnostics,
         wall_time_s=wall,
-        sampler_options=kernel.options(),
         sampled_weights=record,
     )
 

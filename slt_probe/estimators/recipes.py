@@ -211,35 +211,18 @@ def summarise(
         extrapolation, llc_per_chain = extrapolate(sampled, posterior, budget)
         diagnostics.num_used_chains = int(np.isfinite(llc_per_chain).sum())
         eps_used = sampled.step_size
-    return LLCResult.from_chains(
+    return LLCResult.of_vmap_chains(
+        posterior,
+        kernel,
+        budget,
         llc_per_chain,
         losses,
-        init_loss=posterior.init_loss,
         step_size=eps_used,
-        nbeta=posterior.nbeta,
-        localization=posterior.localization,
-        num_chains=budget.num_chains,
-        num_draws=budget.num_draws,
-        num_burnin=budget.num_burnin,
-        batch_size=posterior.batch_size,
-        n=posterior.n,
-        sampler=kernel.name,
-        backend="vmap",
         diagnostics=diagnostics,
         wall_time_s=time.perf_counter() - started,
-        extrapolation=extrapolation,
-        compute_dtype=_compute_dtype_name(posterior),
-        sampler_options=kernel.options(),
         sampled_weights=posterior.sampled_record(),
+        extrapolation=extrapolation,
     )
-
-
-def _compute_dtype_name(posterior: LocalPosterior) -> str | None:
-    """The dtype of the chains' forward and backward passes when it is not the model's own."""
-    flat = posterior.flat
-    if flat.compute_dtype == flat.dtype:
-        return None
-    return str(flat.compute_dtype).removeprefix("torch.")
 
 
 def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibration: dict):

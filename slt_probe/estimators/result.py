@@ -105,6 +105,44 @@ class LLCResult:
     sampled_weights: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def of_vmap_chains(
+        cls,
+        posterior,
+        kernel,
+        budget,
+        llc_per_chain,
+        loss_trace,
+        *,
+        sampled_weights: dict,
+        **fields,
+    ) -> LLCResult:
+        """The result of chains the vmap backend ran on ``posterior`` (a
+        :class:`~slt_probe.estimators.posterior.LocalPosterior`) with ``kernel`` and ``budget``:
+        the one place that says which of their fields a result records, for a whole-model
+        estimate and for each group of a batched one alike; ``fields`` are the run's own
+        (step size, diagnostics, wall time, extrapolation)."""
+        flat = posterior.flat
+        compute = flat.compute_dtype
+        return cls.from_chains(
+            llc_per_chain,
+            loss_trace,
+            init_loss=posterior.init_loss,
+            nbeta=posterior.nbeta,
+            localization=posterior.localization,
+            num_chains=budget.num_chains,
+            num_draws=budget.num_draws,
+            num_burnin=budget.num_burnin,
+            batch_size=posterior.batch_size,
+            n=posterior.n,
+            sampler=kernel.name,
+            backend="vmap",
+            compute_dtype=None if compute == flat.dtype else str(compute).removeprefix("torch."),
+            sampler_options=kernel.options(),
+            sampled_weights=sampled_weights,
+            **fields,
+        )
+
+    @classmethod
     def from_chains(cls, llc_per_chain, loss_trace, **fields) -> LLCResult:
         """The result whose ``llc_mean`` and ``llc_std`` are :func:`chain_summary` of
         ``llc_per_chain`` (the one reduction every backend uses); ``fields`` are the rest."""
