@@ -71,6 +71,10 @@ def test_summary_counts_silent_far_estimates_and_false_alarms():
         ("r5", "r2"),
         ("r5", "r1"),
     }
+    # the exact sampler judged alike: its worst gap to λ, and the pairs it misorders itself
+    assert s["worst_nuts_gap"] == pytest.approx(0.05) and s["nuts_misordered_pairs"] == []
+    nuts_flip = summarise_random(ROWS + [_row(6, 3.0, 4.2, 2.9)])["nuts_misordered_pairs"]
+    assert {(p["lower"], p["higher"]) for p in nuts_flip} == {("r6", "r1")}
 
 
 def test_alarm_counts_on_nothing_far():
