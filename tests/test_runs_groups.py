@@ -76,6 +76,7 @@ def test_a_run_writes_one_row_per_step_and_head(tmp_path):
         "probe.schedule": [0, 4],
         "probe.num_draws": 20,
         "probe.num_burnin": 10,
+        "probe.max_steps": 30,  # the spec draws until trustworthy; one round is enough here
         "probe.batch_size": 8,
         "probe.data_groups": {"classes": [0]},
     }

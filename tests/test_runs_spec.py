@@ -30,7 +30,7 @@ def test_shipped_specs_load_and_build(name):
     assert spec["model"]["arch"] in BUILTIN_ARCHS
 
 
-@pytest.mark.parametrize("name", ["omnigrok_mnist", "modadd_transformer"])
+@pytest.mark.parametrize("name", ["omnigrok_mnist", "modadd_transformer", "modadd_heads"])
 def test_grokking_specs_probe_until_trustworthy(name):
     """The showcase specs stop each probe point only when it passes its own checks: split R-hat
     over >= 4 chains, no drift, 5 % relative standard error (issue 18), and their burn-in covers
