@@ -129,9 +129,8 @@ def nuts_reference(
 ) -> dict:
     """NUTS (``chains`` × (``warmup`` + ``samples``)) on a normal crossing's localised posterior
     at the given nβ and γ: its λ̂, std over chains, R-hat and whether it meets devinterp's own
-    band. The
-    polynomial is restated as :class:`~slt_probe.truth.cases.MonomialRegression` (the same
-    f = x·Π w_i^{k_i}) because the NUTS bridge reads the project's models."""
+    band. The polynomial is restated as :class:`~slt_probe.truth.cases.MonomialRegression` (the
+    same f = x·Π w_i^{k_i}) because the NUTS bridge reads the project's models."""
     model = MonomialRegression(case["powers"], init=case["model"].weights.detach().clone())
     res = nuts_llc(
         model.double(), "mse", case["data"], nbeta=nbeta, localization=localization,
