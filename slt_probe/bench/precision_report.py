@@ -90,12 +90,13 @@ def _details(row: dict) -> list[str]:
             f"({fmt(info['train_seconds'], 3)} s): train accuracy {fmt(info['train_acc'], 3)}, "
             f"test accuracy {fmt(info['test_acc'], 3)}."
         )
-    per_step = ours["seconds"] / (ours["num_chains"] * ours["steps"])
+    work = ours["steps"] * ours["batch_size"]
     lines.append(
         f"  - slt_probe: {ours['sampler']} at ε {fmt(ours['step_size'], 3)}, nβ "
         f"{fmt(ours['nbeta'], 4)}, γ {fmt(ours['localization'])}, batch {ours['batch_size']}; "
         f"{ours['rounds']} round(s), {ours['steps']} steps per chain (burn-in included), "
-        f"{fmt(1e3 * per_step, 3)} ms per chain-step overall; "
+        f"{fmt(work / 1e6, 3)} M example-gradients per chain, "
+        f"{fmt(ours['seconds'] / (ours['num_chains'] * work / 1e6), 3)} s per million overall; "
         + ("met." if ours["met"] else f"not met: {'; '.join(ours['missing'])}.")
     )
     runs = ", ".join(
@@ -103,11 +104,11 @@ def _details(row: dict) -> list[str]:
         f"{fmt(r['r_hat'], 4)}{', met' if r['met'] else ''})"
         for r in theirs["runs"]
     )
-    last = theirs["runs"][-1]
-    per_draw = last["seconds"] / (theirs["num_chains"] * last["draws"])
+    work = theirs["draws"] * theirs["batch_size"]
     lines.append(
         f"  - devinterp: nβ {fmt(theirs['nbeta'], 4)}, batch {theirs['batch_size']}; runs: "
-        f"{runs}; {fmt(1e3 * per_draw, 3)} ms per chain-step in the last"
+        f"{runs}; the reported run: {fmt(work / 1e6, 3)} M example-gradients per chain, "
+        f"{fmt(theirs['seconds'] / (theirs['num_chains'] * work / 1e6), 3)} s per million"
         + ("." if theirs["met"] else f"; not met: {'; '.join(theirs['missing'])}.")
     )
     return lines
