@@ -87,6 +87,14 @@ def test_to_precision_cli_writes_rows_and_page(tmp_path, monkeypatch, capsys):
     assert page.startswith("# Benchmark: time to a trustworthy λ̂\n")
     assert f"| {row['workload']} | 3 | 400 | 1.5 |" in page and "doubling total" in page
     assert "sample different posteriors" in page and "torch threads 1" in page
+    # a later output's row of the same workload replaces the earlier one
+    later = dict(payload, rows=[dict(row, workload=row["workload"], params=4)])
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    merged = tmp_path / "merged.md"
+    argv = ["bench", "speed", "--to-precision", "--markdown", str(merged), "--from-json"]
+    assert main(argv + [str(out), str(tmp_path / "later.json")]) == 0
+    text = merged.read_text()
+    assert f"| {row['workload']} | 4 | 400 |" in text and text.count(f"| {row['workload']} |") == 1
     # the page renders again from the JSON alone
     again = tmp_path / "again.md"
     argv = ["bench", "speed", "--to-precision", "--from-json", str(out), "--markdown", str(again)]

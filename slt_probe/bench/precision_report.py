@@ -5,6 +5,7 @@ seconds to a trustworthy λ̂ for slt_probe's defaults and devinterp's documente
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from slt_probe.bench.pages import fmt, page, table
 
@@ -48,7 +49,8 @@ The two columns sample different posteriors: slt_probe nβ = n / log n, γ = 1 a
 devinterp nβ = m / log m, γ = {gamma:g} and ε = {lr:g}. A larger γ truncates flat directions and
 a smaller nβ heats the posterior, so their λ̂ differ and only the DLN's can be checked (against
 its true λ). Reaching the precision criterion says the chains agree with each other, not that
-λ̂ is right."""
+λ̂ is right; and chains that all start at w* share their early transient, which R-hat cannot
+see (the drift check is what looks for it)."""
 
 
 def _speedup(row: dict) -> str:
@@ -86,7 +88,7 @@ def _details(row: dict) -> list[str]:
     lines = [f"- **{row['workload']}**"]
     if "train_steps" in info:
         lines.append(
-            f"  - w*: `{info['spec']}` after {info['train_steps']} steps of its own training "
+            f"  - w*: `{'/'.join(Path(info['spec']).parts[-2:])}` after {info['train_steps']} steps of its own training "
             f"({fmt(info['train_seconds'], 3)} s): train accuracy {fmt(info['train_acc'], 3)}, "
             f"test accuracy {fmt(info['test_acc'], 3)}."
         )
@@ -121,15 +123,20 @@ def precision_page(payload: dict, command: str) -> str:
         lr=settings["lr"], gamma=settings["localization"], chains=settings["num_chains"]
     )
     rows = payload["rows"]
-    loads = [payload.get("load_before")] + [r.get("load_after") for r in rows]
-    conditions = (
-        f"torch threads {payload['torch_threads']} for both columns; 1-minute load average "
-        f"{', '.join(fmt(x, 3) for x in loads)} (before the first workload, then after each): "
-        "the machine was shared, so every figure carries that noise."
-    )
+    conditions = [
+        f"torch threads {payload['torch_threads']} for both columns, on a shared machine: the "
+        "1-minute load average before and after each workload says how much other work slowed "
+        "both columns alike.",
+        "",
+    ]
+    conditions += [
+        f"- {r['workload']}: load {fmt(r.get('load_before'), 3)} → {fmt(r.get('load_after'), 3)}"
+        f"; `{r.get('command') or payload.get('command')}`"
+        for r in rows
+    ]
     sections = [
         ("Time to precision", legend + "\n\n" + table([_cells(r) for r in rows], COLUMNS)),
         ("Details", "\n".join(line for r in rows for line in _details(r))),
-        ("Conditions", conditions),
+        ("Conditions", "\n".join(conditions)),
     ]
     return page("Benchmark: time to a trustworthy λ̂", command, sections)

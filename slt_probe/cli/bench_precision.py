@@ -48,8 +48,10 @@ def add_options(s) -> None:
     )
     s.add_argument(
         "--from-json",
+        nargs="+",
         metavar="JSON",
-        help="with --to-precision: render the page from an earlier --json output",
+        help="with --to-precision: render the page from earlier --json outputs (rows of one "
+        "workload in a later file replace those in an earlier one)",
     )
 
 
@@ -77,11 +79,30 @@ def _rows(args) -> list[dict]:
         if args.devinterp_draws:
             start, max_draws = args.devinterp_draws
         max_steps = args.precision_steps or max_steps
+        load_before = os.getloadavg()[0]
         row = precision.compare(build(), max_steps, start, max_draws)
-        row["load_after"] = os.getloadavg()[0]
+        row.update(load_before=load_before, load_after=os.getloadavg()[0])
+        row["command"] = _command(args)
         rows.append(row)
         print(_row_line(row), flush=True)
     return rows
+
+
+def _merged(paths: list[str]) -> dict:
+    """One payload from several ``--json`` outputs: the first one's fields, the rows of all,
+    a workload's row from the last file that has it (in the order first seen)."""
+    payloads = [json.loads(Path(p).read_text()) for p in paths]
+    threads = {p["torch_threads"] for p in payloads}
+    if len(threads) > 1:
+        raise SystemExit(f"--from-json: the files ran with different torch threads {threads}")
+    rows: dict[str, dict] = {}
+    for p in payloads:
+        for i, row in enumerate(p["rows"]):
+            row.setdefault("command", p.get("command"))
+            if i == 0 and "load_before" in p:  # older outputs kept it for the first only
+                row.setdefault("load_before", p["load_before"])
+            rows[row["workload"]] = row
+    return {**payloads[0], "rows": list(rows.values())}
 
 
 def to_precision(args) -> int:
@@ -89,17 +110,15 @@ def to_precision(args) -> int:
     if args.json == "reports/bench/speed.json":
         args.json = DEFAULT_JSON
     if args.from_json:
-        payload = json.loads(Path(args.from_json).read_text())
-        command = payload.get("command", _command(args))
+        payload = _merged(args.from_json)
+        command = _command(args)
         torch.set_num_threads(payload["torch_threads"])  # the page's machine table says these
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
-        load_before = os.getloadavg()[0]
-        rows = _rows(args)
         command = _command(args)
-        payload = {"benchmark": PAGE, "command": command, "load_before": load_before}
-        payload.update(_machine(), settings=precision.DEVINTERP_SETTINGS, rows=rows)
+        payload = {"benchmark": PAGE, "command": command, **_machine()}
+        payload.update(settings=precision.DEVINTERP_SETTINGS, rows=_rows(args))
     table = [
         {
             "workload": r["workload"],
