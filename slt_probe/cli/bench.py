@@ -12,6 +12,8 @@ import torch
 from slt_probe.bench import accuracy, devinterp_cases, pages, random_accuracy, random_report, speed
 from slt_probe.cli.bench_common import _command, _emit, _machine
 from slt_probe.cli.bench_components import register_components
+from slt_probe.cli.bench_precision import add_options as add_precision_options
+from slt_probe.cli.bench_precision import to_precision
 from slt_probe.cli.bench_scale import register_scale
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
@@ -97,6 +99,8 @@ def _time_to_precision(max_steps: int) -> dict:
 
 
 def _speed(args) -> int:
+    if args.to_precision:
+        return to_precision(args)
     warnings.filterwarnings("ignore")
     peaks = speed.matmul_peaks()
     print(
@@ -108,7 +112,7 @@ def _speed(args) -> int:
         "matmul_peak_gflops": peaks["peak"] / 1e9,
         "matmul_gflops": {k: v / 1e9 for k, v in peaks.items() if k != "peak"},
         "onednn": {"enabled": onednn.enabled(), "reason": onednn.reason()},
-        "time_to_5pct_stderr": _time_to_precision(args.precision_steps),
+        "time_to_5pct_stderr": _time_to_precision(args.precision_steps or 68_000),
         "probe_share": _probe_share(args),
         **_machine(),
         "rows": rows,
@@ -304,8 +308,8 @@ def register(sub) -> None:
     s.add_argument(
         "--precision-steps",
         type=int,
-        default=68_000,
-        help="steps per chain the time-to-precision figure may spend (max_steps; >= 8000)",
+        help="steps per chain the time-to-precision figures may spend (max_steps; >= 8000; "
+        "default 68000, with --to-precision per workload)",
     )
     s.add_argument(
         "--repeats",
@@ -323,6 +327,7 @@ def register(sub) -> None:
         action="store_true",
         help="train models/omnigrok_mnist.toml into --probe-run first (a full training run)",
     )
+    add_precision_options(s)
     pages.add_markdown_option(s, "speed")
     s.set_defaults(func=_speed)
     a = bsub.add_parser("accuracy", help="λ̂ with default arguments on known-λ cases")
