@@ -86,7 +86,12 @@ PROBE_CASES = [
     ("accuracy 0", {"accuracy": 0}, ValueError, "accuracy must be > 0"),
     ("accuracy negative", {"accuracy": -0.2}, ValueError, "accuracy must be > 0"),
     ("batch_size 0", {"batch_size": 0}, ValueError, "batch_size must be >= 1"),
-    ("sampler unknown", {"sampler": "nuts"}, ValueError, "sampler must be one of ['auto', 'baoab', 'rmsprop_sgld'"),
+    (
+        "sampler unknown",
+        {"sampler": "nuts"},
+        ValueError,
+        "sampler must be one of ['auto', 'baoab', 'rmsprop_sgld'",
+    ),
     ("backend unknown", {"backend": "jax"}, ValueError, "backend must be one of"),
     ("option unknown", {"num_chain": 4}, TypeError, "unknown estimate_llc option 'num_chain'"),
     ("extrapolate one factor", {"extrapolate": [1.0]}, ValueError, "extrapolate must be true"),

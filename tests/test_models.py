@@ -8,7 +8,7 @@ from torch.func import functional_call, vmap
 
 from slt_probe.probe import weight_norm
 from slt_probe.runs.arch import resolve_arch
-from slt_probe.runs.train import scale_init
+from slt_probe.runs.training import scale_init
 
 
 def cls(name):

@@ -15,7 +15,8 @@ from slt_probe.files import append_jsonl
 from slt_probe.runs import run_spec
 from slt_probe.runs.rundir import RunDir
 from slt_probe.runs.spec import SpecError
-from slt_probe.runs.train import Batches, Trainer
+from slt_probe.runs.train import Trainer
+from slt_probe.runs.training import Batches
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -41,9 +40,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from slt_probe.estimators.diagnostics import compute_diagnostics
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.estimators.recipes import Precision
-from slt_probe.runs import build_model, load_data, load_spec
-from slt_probe.runs.losses import CLASSIFICATION, get_loss
-from slt_probe.runs.train import Batches, evaluate, make_optimizer, scale_init
+from slt_probe.estimators.result import chain_precision
+from slt_probe.runs import load_spec
+from slt_probe.runs.training import Training
 from slt_probe.truth.cases import dln_case
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,42 +94,17 @@ def spec_checkpoint(spec: str | Path, steps: int, name: str | None = None) -> Pr
     (None for a full-batch spec). ``info`` holds the train and test loss/accuracy there."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    config = load_spec(spec)
-    train = config["train"]
-    dtype = getattr(torch, train["dtype"])
-    torch.manual_seed(config["seed"])
-    random.seed(config["seed"])
-    data = load_data(config["data"], Path(config["spec_path"]).parent).to(dtype)
-    model = build_model(config).to(dtype)
-    scale_init(model, config["model"]["init_scale"])
-    loss_fn, classify = get_loss(train["loss"]), train["loss"] in CLASSIFICATION
-    optimizer = make_optimizer(model, train)
-    batches = Batches(data.n_train, train["batch_size"], config["seed"])
-    x, y = data.x_train, data.y_train
     start = time.perf_counter()
-    for t in range(steps):
-        idx = batches.indices(t)
-        optimizer.zero_grad()
-        loss_fn(model(x if idx is None else x[idx]), y if idx is None else y[idx]).backward()
-        optimizer.step()
-    train_loss, train_acc = evaluate(model, loss_fn, x, y, classify)
-    test_loss, test_acc = evaluate(model, loss_fn, data.x_test, data.y_test, classify)
-    spec_path = Path(config["spec_path"])
+    t = Training(load_spec(spec)).train(steps)
+    spec_path = Path(t.config["spec_path"])
     shown = spec_path.relative_to(REPO) if spec_path.is_relative_to(REPO) else spec_path
     info = {"spec": str(shown), "train_steps": steps, "train_seconds": time.perf_counter() - start}
-    info.update(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
-    batch = None if batches.full else batches.batch_size
+    info.update(t.evaluate())
+    batch = None if t.batches.full else t.batches.batch_size
+    data = (t.data.x_train, t.data.y_train)
     return PrecisionWorkload(
-        name or config["name"], model.eval(), loss_fn, (x, y), batch, None, info
+        name or t.config["name"], t.model.eval(), t.loss_fn, data, batch, None, info
     )
-
-
-#: name -> (builder, slt_probe's max_steps, devinterp's max_draws): what ``bench speed
-#: --to-precision`` runs by default. The DLN and the MLP get the library's own bound (burn-in +
-#: 8 rounds of draws); the transformer, whose steps are the dearest on a few CPU cores, one
-#: round of the default budget (4,000 burn-in + 4,000 draws). devinterp's cap is where its
-#: doubling stops.
-WORKLOADS: dict[str, tuple] = {}
 
 
 def mlp_workload(steps: int = 2000) -> PrecisionWorkload:
@@ -152,13 +126,11 @@ def judge(excess: np.ndarray, llc: np.ndarray, nbeta: float, max_steps: int) -> 
     diverged_at = np.where(np.isfinite(llc), -1, 0)
     diagnostics = compute_diagnostics(excess, llc, diverged_at, nbeta=nbeta, num_burnin=0)
     missing = Precision(TARGET_RSE, max_steps).unmet(llc, diagnostics)
-    used = llc[np.isfinite(llc)]
-    mean = float(np.mean(used)) if used.size else float("nan")
-    stderr = float(np.std(used, ddof=1) / math.sqrt(used.size)) if used.size > 1 else float("nan")
+    mean, stderr, rse = chain_precision(llc, diagnostics.num_used_chains)
     return {
         "llc": mean,
         "llc_stderr": stderr,
-        "rse": stderr / abs(mean) if mean else float("inf"),
+        "rse": rse,
         "r_hat": diagnostics.r_hat,
         "met": not missing,
         "missing": missing,
@@ -193,7 +165,7 @@ def slt_probe_to_precision(w: PrecisionWorkload, max_steps: int, seed: int = 0, 
         "num_chains": res.num_chains,
         "llc": res.llc_mean,
         "llc_stderr": res.llc_stderr,
-        "rse": res.llc_stderr / abs(res.llc_mean) if res.llc_mean else float("inf"),
+        "rse": res.llc_rse,
         "r_hat": res.diagnostics.r_hat,
         "met": bool(precision["met"]),
         "missing": precision["missing"],
@@ -293,8 +265,13 @@ def compare(
     }
 
 
-WORKLOADS.update(
-    dln=(dln_workload, 68_000, 12_800),
-    mlp=(mlp_workload, 36_000, 3_200),
-    transformer=(transformer_workload, 8_000, 800),
-)
+#: name -> (builder, slt_probe's max_steps, devinterp's max_draws): what ``bench speed
+#: --to-precision`` runs by default. The DLN and the MLP get the library's own bound (burn-in +
+#: 8 rounds of draws); the transformer, whose steps are the dearest on a few CPU cores, one
+#: round of the default budget (4,000 burn-in + 4,000 draws). devinterp's cap is where its
+#: doubling stops.
+WORKLOADS: dict[str, tuple] = {
+    "dln": (dln_workload, 68_000, 12_800),
+    "mlp": (mlp_workload, 36_000, 3_200),
+    "transformer": (transformer_workload, 8_000, 800),
+}

@@ -1,5 +1,5 @@
-"""``slt-probe bench integrations`` and ``slt-probe bench groups``: what the framework
-callbacks and the batched per-group estimates cost."""
+"""``slt-probe bench integrations``, ``groups`` and ``train``: what the framework callbacks,
+the batched per-group estimates and a spec's training steps cost."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import warnings
 from slt_probe.bench import groups as groups_bench
 from slt_probe.bench import integrations as integrations_bench
 from slt_probe.bench import pages
+from slt_probe.bench import training as training_bench
 from slt_probe.cli.bench_common import _command, _emit, _machine
 
 
@@ -63,8 +64,43 @@ def _groups(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    rows = [training_bench.compare(spec, args.steps, args.repeats) for spec in args.specs]
+    payload = {**_machine(), "command": _command(args), "rows": rows}
+    table = [
+        {
+            "spec": r["spec"],
+            "fused_steps_per_s": r["median"]["fused"],
+            "default_steps_per_s": r["median"]["default"],
+            "speedup": r["speedup"],
+        }
+        for r in rows
+    ]
+    _emit(payload, table, args.json)
+    if args.markdown:
+        page = training_bench.train_page(payload, _command(args))
+        print(f"wrote {pages.write_page(args.markdown, page)}")
+    return 0
+
+
+def _register_train(bsub) -> None:
+    t = bsub.add_parser("train", help="a spec's training steps/s: fused optimizer vs default")
+    t.add_argument(
+        "specs",
+        nargs="*",
+        default=["models/omnigrok_mnist.toml", "models/modadd_transformer.toml"],
+        help="run specs (default: the two grokking specs)",
+    )
+    t.add_argument("--steps", type=int, default=training_bench.STEPS, help="updates per round")
+    t.add_argument("--repeats", type=int, default=training_bench.REPEATS, help="rounds")
+    t.add_argument("--json", default="reports/bench/train.json")
+    pages.add_markdown_option(t, "train")
+    t.set_defaults(func=_train)
+
+
 def register_components(bsub) -> None:
-    """The ``integrations`` and ``groups`` subcommands of ``slt-probe bench``."""
+    """The ``integrations``, ``groups`` and ``train`` subcommands of ``slt-probe bench``."""
+    _register_train(bsub)
     _register_integrations(bsub)
     g = bsub.add_parser("groups", help="per-group λ̂: batched groups vs one after another")
     g.add_argument("--quick", action="store_true", help="short chains, smaller data")

@@ -28,7 +28,7 @@ from slt_probe.estimators.diagnostics import (
     virial_check,
 )
 from slt_probe.estimators.posterior import Budget, LocalPosterior
-from slt_probe.estimators.result import LLCResult, chain_summary
+from slt_probe.estimators.result import LLCResult, chain_precision
 from slt_probe.sampling.driver import ChainTrace
 from slt_probe.sampling.kernel import Kernel
 
@@ -312,9 +312,7 @@ class Precision:
             missing.append(f"R-hat {d.r_hat:.3f} > {self.max_rhat}")
         if any(w.startswith("loss trace still") for w in d.warnings):
             missing.append("the loss trace still drifts")
-        mean, std = chain_summary(llc_per_chain)
-        stderr = std / np.sqrt(max(d.num_used_chains, 1))
-        rse = stderr / abs(mean) if mean else float("inf")
+        rse = chain_precision(llc_per_chain, d.num_used_chains)[2]
         if not rse <= self.target_rse:
             missing.append(f"relative standard error {rse:.3g} > {self.target_rse}")
         return missing

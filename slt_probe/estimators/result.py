@@ -21,6 +21,14 @@ def chain_summary(llc_per_chain) -> tuple[float, float]:
     return mean, std
 
 
+def chain_precision(llc_per_chain, num_used_chains: int) -> tuple[float, float, float]:
+    """(λ̂, its standard error std/√chains used, the relative standard error stderr/|λ̂|, inf at
+    λ̂ = 0) over the chains: the figures an estimate's precision is judged by."""
+    mean, std = chain_summary(llc_per_chain)
+    stderr = float(std / np.sqrt(max(num_used_chains, 1)))
+    return mean, stderr, (stderr / abs(mean) if mean else float("inf"))
+
+
 @dataclass
 class Diagnostics:
     """Convergence diagnostics of one estimate.
@@ -160,6 +168,11 @@ class LLCResult:
         """Standard error of ``llc_mean`` across chains (std / √chains used)."""
         used = max(self.diagnostics.num_used_chains, 1)
         return float(self.llc_std / np.sqrt(used))
+
+    @property
+    def llc_rse(self) -> float:
+        """Relative standard error ``llc_stderr``/|``llc_mean``| (inf at λ̂ = 0)."""
+        return chain_precision(self.llc_per_chain, self.diagnostics.num_used_chains)[2]
 
     def to_dict(self, include_trace: bool = True) -> dict[str, Any]:
         """JSON-ready dictionary (NaN kept as float NaN; arrays become lists)."""

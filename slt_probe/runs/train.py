@@ -4,98 +4,37 @@ Step t means "after t optimizer updates". Every ``eval_every`` steps, at every p
 the last step the model is evaluated on the full train and test sets (one metrics.jsonl row);
 at probe points the LLCProbe then estimates λ̂ (one llc.jsonl row) and a checkpoint is saved.
 
-Resumability: the minibatch of step t is a pure function of (seed, t) (epoch e = t // (n // B)
-is a seeded permutation), so after loading the last checkpoint (model, optimizer, RNG, step c)
-and dropping the log rows after c, training continues exactly as if never interrupted. A row is
-always appended before the checkpoint of its step is written, so rows ≤ c are complete.
+Resumability: the minibatch of step t is a pure function of (seed, t)
+(:class:`slt_probe.runs.training.Batches`), so after loading the last checkpoint (model,
+optimizer, RNG, step c) and dropping the log rows after c, training continues exactly as if
+never interrupted. A row is always appended before the checkpoint of its step is written, so
+rows ≤ c are complete.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from slt_probe.files import json_clean
 from slt_probe.probe import LLCProbe, make_schedule, summarise_transitions, weight_norm
-from slt_probe.runs.arch import ArchAllowList, build_model
-from slt_probe.runs.data import RunData, load_data
+from slt_probe.runs.arch import ArchAllowList
 from slt_probe.runs.groups_spec import make_data_groups, make_groups
-from slt_probe.runs.losses import CLASSIFICATION, accuracy, get_loss
 from slt_probe.runs.posthoc import probe_estimator_kwargs
 from slt_probe.runs.resume import rng_state, set_rng_state
 from slt_probe.runs.rundir import RunDir
-from slt_probe.runs.schema import SpecError
+from slt_probe.runs.training import Training
 
 #: The metrics every evaluation gives the probe (declared to it up front).
 PROBE_METRICS = ("test_acc", "train_acc", "train_loss", "test_loss")
 #: Rewrite summary.json ("partial") at most this often, besides at every checkpoint.
 SUMMARY_INTERVAL_S = 10.0
-EVAL_CHUNK = 8192
-
-
-def scale_init(model: nn.Module, alpha: float) -> None:
-    """Omnigrok initialisation: every initial parameter multiplied by α (Liu et al. 2023)."""
-    if alpha != 1.0:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(alpha)
-
-
-def make_optimizer(model: nn.Module, train: Mapping) -> torch.optim.Optimizer:
-    params, lr, wd = model.parameters(), train["lr"], train["weight_decay"]
-    if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(train["betas"]))
-    if train["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=tuple(train["betas"]))
-    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=train["momentum"])
-
-
-class Batches:
-    """Minibatch indices of step t (0-based update index) as a pure function of (seed, t):
-    epoch e = t // (n // B) is a permutation drawn from a generator seeded by (seed, e); the
-    last n mod B examples of each epoch are dropped. B = 0 or B >= n means full batch."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.seed = n, seed
-        self.full = batch_size == 0 or batch_size >= n
-        self.batch_size = n if self.full else batch_size
-        self.per_epoch = n // self.batch_size
-        self._epoch, self._perm = -1, None
-
-    def indices(self, t: int) -> torch.Tensor | None:
-        """Row indices for update t, or None for the full batch."""
-        if self.full:
-            return None
-        epoch, k = divmod(t, self.per_epoch)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._epoch = torch.randperm(self.n, generator=gen), epoch
-        return self._perm[k * self.batch_size : (k + 1) * self.batch_size]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, classify: bool):
-    """(mean loss, accuracy or None) over the whole set, in chunks."""
-    if x.shape[0] == 0:
-        return None, None
-    total, correct = 0.0, 0.0
-    for i in range(0, x.shape[0], EVAL_CHUNK):
-        out = model(x[i : i + EVAL_CHUNK])
-        yy = y[i : i + EVAL_CHUNK]
-        total += float(loss_fn(out, yy)) * yy.shape[0]
-        if classify:
-            correct += accuracy(out, yy) * yy.shape[0]
-    n = x.shape[0]
-    return total / n, (correct / n if classify else None)
 
 
 def _empty_transitions() -> dict:
@@ -133,20 +72,15 @@ class Trainer:
         self.train_cfg, self.probe_cfg = config["train"], config["probe"]
         if self.train_cfg["threads"]:
             torch.set_num_threads(self.train_cfg["threads"])
-        self.dtype = getattr(torch, self.train_cfg["dtype"])
-        torch.manual_seed(config["seed"])
-        random.seed(config["seed"])
-        base = Path(config["spec_path"]).parent if config.get("spec_path") else None
-        self.data: RunData = load_data(config["data"], base).to(self.dtype)
-        self.model = build_model(config, allowed).to(self.dtype)
-        scale_init(self.model, config["model"]["init_scale"])
-        self.loss_fn = get_loss(self.train_cfg["loss"])
-        self.classify = self.train_cfg["loss"] in CLASSIFICATION
-        self._check_shapes()
+        self.training = t = Training(config, allowed)
+        self.data, self.model, self.loss_fn, self.optimizer = (
+            t.data,
+            t.model,
+            t.loss_fn,
+            t.optimizer,
+        )
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = make_optimizer(self.model, self.train_cfg)
         self.total = self.train_cfg["steps"]
-        self.batches = Batches(self.data.n_train, self.train_cfg["batch_size"], config["seed"])
         self.probe = None  # made in run(), after llc.jsonl is truncated/cleared (it reads it)
         self.resume = resume
         self.step = 0
@@ -157,29 +91,6 @@ class Trainer:
         self.last_llc: float | None = None
 
     # --- setup -------------------------------------------------------------------------------
-
-    def _check_shapes(self) -> None:
-        x, y = self.data.x_train[:2], self.data.y_train[:2]
-        try:
-            with torch.no_grad():
-                out = self.model(x)
-        except Exception as exc:
-            raise SpecError(
-                f"model {self.config['model']['arch']} fails on the data's inputs of shape "
-                f"{tuple(x.shape)} ({exc})"
-            ) from exc
-        if self.classify:
-            k = self.data.num_classes
-            if out.dim() != 2 or out.shape[1] != k:
-                raise SpecError(
-                    f"model outputs shape {tuple(out.shape)} but data.kind "
-                    f"{self.config['data']['kind']!r} has {k} classes: set model.kwargs so the "
-                    f"output is (batch, {k})"
-                )
-        elif out.shape != y.shape:
-            raise SpecError(
-                f"model outputs shape {tuple(out.shape)}, targets have {tuple(y.shape)}"
-            )
 
     def _make_probe(self) -> LLCProbe:
         p = self.probe_cfg
@@ -283,18 +194,9 @@ class Trainer:
 
     def evaluate_and_probe(self, probe_due: bool) -> None:
         self.model.eval()
-        train_loss, train_acc = evaluate(
-            self.model, self.loss_fn, self.data.x_train, self.data.y_train, self.classify
-        )
-        test_loss, test_acc = evaluate(
-            self.model, self.loss_fn, self.data.x_test, self.data.y_test, self.classify
-        )
         row = {
             "step": self.step,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            **self.training.evaluate(),
             "weight_norm": weight_norm(self.model),
             "time_s": self.wall_time(),
         }
@@ -340,15 +242,9 @@ class Trainer:
         try:
             if not restored:  # step 0: the initialisation
                 self._at_eval_point(force=True)
-            x, y = self.data.x_train, self.data.y_train
             self.model.train()
             while self.step < self.total:
-                idx = self.batches.indices(self.step)
-                xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(xb), yb)
-                loss.backward()
-                self.optimizer.step()
+                self.training.update(self.step)
                 self.step += 1
                 bar.update(1)
                 if self._at_eval_point():
