@@ -127,6 +127,8 @@ def test_random_cases_end_to_end_none_silent(tmp_path):
     s = summarise_random(rows)
     assert s["alarms"]["silent"] == []
     assert s["median_abs_rel_error_nuts"] <= 0.07
+    for r in rows:  # the drift per chain, stored for rules that judge the chains' agreement
+        assert r["drift"] == pytest.approx(sum(r["drift_per_chain"]) / len(r["drift_per_chain"]))
     # the linear networks and the regression: within 10 % of λ and of NUTS
     for r in rows:
         if r["family"] in ("dln", "rrr", "regular"):

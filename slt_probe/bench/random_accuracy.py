@@ -70,7 +70,9 @@ def nuts_reference(case, cache_dir: str | Path | None) -> dict:
 
 
 def _signals(res) -> dict:
-    """The diagnostics a warning rule can read, flattened (NaN where absent)."""
+    """The diagnostics a warning rule can read, flattened (NaN where absent). The drift is kept
+    per chain too, so that a rule judging it by the chains' agreement can be tried on stored
+    rows without running them again."""
     d = res.diagnostics
     virial = d.virial or {}
     drift = np.asarray(d.drift, dtype=float) if d.drift else np.array([math.nan])
@@ -80,6 +82,7 @@ def _signals(res) -> dict:
         "virial": virial.get("ratio", math.nan),
         "virial_stderr": virial.get("stderr", math.nan),
         "drift": float(np.mean(drift)),
+        "drift_per_chain": [float(v) for v in drift],
         "stiffness": (d.end_curvature or {}).get("stiffness", math.nan),
         "step_size": res.step_size,
         "warnings": list(d.warnings),
