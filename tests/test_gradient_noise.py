@@ -48,3 +48,18 @@ def test_needs_two_batches():
     flat = FlatModel(nn.Linear(2, 1), nn.MSELoss())
     with pytest.raises(ValueError, match="num_batches must be >= 2"):
         minibatch_gradient_variance(flat, torch.randn(10, 2), torch.randn(10, 1), 5, num_batches=1)
+
+
+def test_grouping_of_batches_into_calls_does_not_change_the_variance():
+    # a budget of 20 × 5 = 100 input numbers per call: one batch a call instead of all 32
+    torch.manual_seed(2)
+    flat = FlatModel(MODELS["mlp"](), nn.MSELoss())
+    x, y = torch.randn(300, 3), torch.randn(300, 2)
+    one_call, per_batch = (
+        minibatch_gradient_variance(
+            flat, x, y, 20, generator=torch.Generator().manual_seed(5), call_budget=budget
+        )
+        for budget in (1 << 24, 100)
+    )
+    assert float(one_call.sum()) > 0
+    torch.testing.assert_close(per_batch, one_call, rtol=1e-5, atol=0.0)

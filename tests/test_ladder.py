@@ -14,6 +14,8 @@ from slt_probe.truth.ladder import (
     RANK_TOL,
     RUNGS,
     LadderShape,
+    _curvature_bound,
+    _NormBounds,
     ladder_case,
     ladder_cases,
     layer_spectra,
@@ -57,6 +59,31 @@ def test_trained_case_sits_on_the_rank_r_stratum():
     assert case.grad_norm < 1e-4  # float32 rounding of a float64 critical point
     assert case.data[0].dtype == torch.float32 and case.data[0].shape == (20_000, shape.widths[0])
     assert case.info["final_loss"] < case.info["initial_loss"]
+
+
+def test_norm_bounds_stay_above_the_exact_norms_and_refresh_rarely():
+    gen = torch.Generator().manual_seed(3)
+    mats = [torch.randn(40, 30, generator=gen, dtype=torch.float64) for _ in range(3)]
+    slack = 0.01
+    bounds = _NormBounds(mats, slack=slack)
+    bounds.current()
+    assert bounds.refreshes == 3  # the first call computes every exact norm
+    for _ in range(200):
+        for w in mats:  # small steps, as in training near convergence
+            w.add_(torch.randn(w.shape, generator=gen, dtype=torch.float64), alpha=1e-3)
+        upper = bounds.current()
+        exact = [float(torch.linalg.matrix_norm(w, 2)) for w in mats]
+        for u, e in zip(upper, exact):
+            # an upper bound, and within the slack: u ≤ ‖W₀‖ + 2‖W − W₀‖_F, ‖W₀‖ ≤ e/(1 − slack)
+            assert e <= u <= e * (1 + 2 * slack / (1 - slack))
+    # a refresh when the displacement reaches 1 % of a norm ≈ 12, i.e. after ≈ (0.12/0.035)² ≈ 12
+    # of these steps: a few refreshes per layer, not one per step
+    assert 3 * 5 < bounds.refreshes < 3 * 40
+
+
+def test_curvature_bound_is_the_product_formula():
+    # L = 3 layers of norms 1, 2, 3 and ‖Σ_xx‖ = 0.5: 2·0.5·(4·9 + 1·9 + 1·4)
+    assert _curvature_bound([1.0, 2.0, 3.0], 0.5) == pytest.approx(49.0)
 
 
 def test_layer_spectra_counts_ranks():

@@ -28,19 +28,32 @@ def minibatch_gradient_variance(
     *,
     num_batches: int = 32,
     generator: torch.Generator | None = None,
+    call_budget: int = 1 << 24,
 ) -> torch.Tensor:
     """v_j = Var(∂L_m/∂w_j) at ``w`` (default w*), ``[d]`` in the model's dtype: the unbiased
     sample variance over ``num_batches`` minibatch gradients (batches of ``batch_size`` drawn
     with replacement). With K batches each v_j is within ≈ ±√(2/(K − 1)) (25 % at K = 32); what
     the correction feeds into λ̂ is their sum over coordinates, which averages over them
-    and is unbiased."""
+    and is unbiased.
+
+    The K gradients are computed a few batches per call, at most ``call_budget`` numbers of
+    gradients and, separately, of inputs and targets per call (activations grow with the
+    latter), so that memory stays bounded on large models; the result does not depend on how
+    the batches are grouped (up to float64 rounding)."""
     if num_batches < 2:
         raise ValueError(f"num_batches must be >= 2 to estimate a variance, got {num_batches}")
     w = flat.w_star if w is None else w
     n = x.shape[0]
     grad_fn = flat.batched_grad_and_loss(shared_batch=False)
-    # keep the [k, d] gradients and [k, m, ...] inputs of one call under ~64 MB
-    per_call = max(1, min(num_batches, (1 << 24) // max(flat.dim, 1)))
+    # The inputs' bound matters on large models at a large batch (10⁶ weights, batch ≈ nβ ≈
+    # 10⁴: 16 batches in one call held ≈ 2 GB of activations at the default budget of 2²⁴).
+    per_example = x[0].numel() + y[0].numel()
+    per_call = min(
+        num_batches,
+        call_budget // max(flat.dim, 1),
+        call_budget // max(batch_size * per_example, 1),
+    )
+    per_call = max(1, per_call)
     total = torch.zeros(flat.dim, dtype=torch.float64, device=w.device)
     total_sq = torch.zeros_like(total)
     done = 0
