@@ -50,7 +50,7 @@ def test_quick_validate_with_devinterp(tmp_path):
         assert abs(row["devinterp"]["rel_error"]) < 0.40, row
 
 
-def test_quick_validate_runs_every_method_on_every_case(quick_table):
+def test_quick_validate_default_and_nuts_on_every_case(quick_table):
     rc, out, rows = quick_table
     assert rc == 0
     _check_cells(rows, UNIT_METHODS)
