@@ -73,7 +73,13 @@ def check_nothing_lost(study: optuna.Study, out_dir: Path, last_step: int) -> Co
         if t.state not in COUNTED:
             continue
         run_dir = Path(t.user_attrs["run_dir"])
-        assert run_dir == instance_dir / str(t.number)
+        # (seen once, 2026-12-02, under CI load: the whole record, so that a repeat says why)
+        assert run_dir == instance_dir / str(t.number), (
+            t.number,
+            t.state.name,
+            t.user_attrs,
+            t.system_attrs,
+        )
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == ("complete" if t.state == TrialState.COMPLETE else "partial")
         steps = steps_of(run_dir)

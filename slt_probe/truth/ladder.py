@@ -29,9 +29,9 @@ Gradient descent runs on the exact full-batch loss through the data's second mom
 P = W_L ⋯ W_1, so a step costs O(Σ_l H_l·H_{l−1}·max H) whatever n (its stable step length comes
 from bounds on the layers' norms that are refreshed only now and then: :class:`_NormBounds`).
 Most of the iterations are spent escaping the saddle at 0, one teacher direction after another,
-so a wide rung with a rank-20 teacher takes thousands of them: building a 10⁶ case is minutes of
-work, not seconds. Data: float32, generated in chunks (no float64 copy of X), n·(H_0 + H_L)
-numbers.
+so a deep, wide network with a rank-20 teacher takes tens of thousands of them: on the 10⁶ rung
+building w* is slow work of its own (measured in docs/benchmarks/notes.md, the DLN ladder
+section). Data: float32, generated in chunks (no float64 copy of X), n·(H_0 + H_L) numbers.
 
 n: :data:`SAMPLE_SIZES` per rung. The ladder's n make nβ = n/log n ≥ 8·10³ so that the
 posterior's scale in the singular directions, nβ^(−1/4) for products of two small blocks, is well
