@@ -48,12 +48,14 @@ def minibatch_gradient_variance(
     # The inputs' bound matters on large models at a large batch (10⁶ weights, batch ≈ nβ ≈
     # 10⁴: 16 batches in one call held ≈ 2 GB of activations at the default budget of 2²⁴).
     per_example = x[0].numel() + y[0].numel()
-    per_call = min(
-        num_batches,
-        call_budget // max(flat.dim, 1),
-        call_budget // max(batch_size * per_example, 1),
+    per_call = max(
+        1,
+        min(
+            num_batches,
+            call_budget // max(flat.dim, 1),
+            call_budget // max(batch_size * per_example, 1),
+        ),
     )
-    per_call = max(1, per_call)
     total = torch.zeros(flat.dim, dtype=torch.float64, device=w.device)
     total_sq = torch.zeros_like(total)
     done = 0

@@ -190,7 +190,7 @@ def _curvature_bound(norms: list[float], sxx_norm: float) -> float:
 class _NormBounds:
     """Upper bounds on every layer's spectral norm, kept cheap: ‖W‖₂ ≤ ‖W₀‖₂ + ‖W − W₀‖_F, with
     W₀ the layer when its exact norm was last computed. That exact norm (an SVD's worth of work,
-    more than a training step on the 10⁶ rung) is recomputed only when the displacement has
+    as much as a whole training step on the 10⁶ rung) is recomputed only when the displacement has
     grown past ``slack`` of it. Each bound is then within (1 + slack)/(1 − slack) of the exact
     norm, and the curvature bound within that to the power 2(L − 1) of the one from exact norms
     (worst case 1.43 at slack 0.03 and L = 4; while the weights grow, as in training, the
