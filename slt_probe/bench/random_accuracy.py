@@ -85,6 +85,8 @@ def _signals(res) -> dict:
         "drift_per_chain": [float(v) for v in drift],
         "stiffness": (d.end_curvature or {}).get("stiffness", math.nan),
         "step_size": res.step_size,
+        "burnin": d.burnin.get("used", res.num_burnin),
+        "burnin_extensions": d.burnin.get("extensions", 0),
         "warnings": list(d.warnings),
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slt_probe.estimators.burnin import default_max_burnin
 from slt_probe.estimators.inputs import check_model_for_vmap
 from slt_probe.estimators.posterior import Budget
 from slt_probe.estimators.recipes import AUTO_RETRIES, Precision
@@ -148,6 +149,7 @@ ESTIMATOR_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "target_rse": optional(lambda f, v: check_float(f, v, 0.0, strict=True)),
     "max_steps": optional(lambda f, v: check_int(f, v, 1)),
     "params": check_params_type,
+    "max_burnin": optional(lambda f, v: check_int(f, v, 0)),
 }
 
 
@@ -284,7 +286,29 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
         "factors": extrapolation_factors(args["extrapolate"]),
         "retries": AUTO_RETRIES if step_size == "auto" else 0,
         "precision": _precision(args),
+        "max_burnin": _max_burnin(args),
     }
+
+
+def _max_burnin(args: dict[str, Any]) -> int:
+    """The burn-in's ceiling (:mod:`slt_probe.estimators.burnin`): ``max_burnin``, or its
+    default; with ``target_rse`` no more than ``max_steps`` leaves room for one window."""
+    burnin, draws = args["num_burnin"], args["num_draws"]
+    ceiling = args["max_burnin"]
+    if ceiling is None:
+        ceiling = default_max_burnin(burnin, draws)
+        if args["target_rse"] is not None:
+            max_steps = args["max_steps"] or burnin + 8 * draws
+            ceiling = max(burnin, min(ceiling, max_steps - draws))
+    elif ceiling < burnin:
+        raise ValueError(f"max_burnin must be >= num_burnin = {burnin}, got {ceiling}")
+    elif args["target_rse"] is not None and args["max_steps"] is not None:
+        if ceiling + draws > args["max_steps"]:
+            raise ValueError(
+                f"max_burnin + num_draws must be <= max_steps = {args['max_steps']}, "
+                f"got {ceiling} + {draws}"
+            )
+    return int(ceiling)
 
 
 def _precision(args: dict[str, Any]) -> Precision | None:

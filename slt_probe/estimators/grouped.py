@@ -77,10 +77,11 @@ def estimate_llc_groups(
     """``{group name: LLCResult}``: the weight-restricted λ̂ of every group of ``groups``
     (``{name: selection}``, a selection being anything ``estimate_llc(params=...)`` takes, e.g.
     ``slt_probe.groups.attention_heads(model)``), all groups' chains in one batched run (see
-    module docstring). ``options`` are ``estimate_llc``'s keywords (vmap backend, one step size:
-    no ``extrapolate`` or ``target_rse``); every group gets ``num_chains`` chains. Each result
-    has λ̂ per chain, its spread, R-hat, ESS, divergences and the virial ratio over the group's
-    own coordinates; ``sampled_weights`` names the group's weights.
+    module docstring). ``options`` are ``estimate_llc``'s keywords (vmap backend, one step size,
+    a fixed burn-in: no ``extrapolate``, ``target_rse`` or ``max_burnin``); every group gets
+    ``num_chains`` chains. Each result has λ̂ per chain, its spread, R-hat, ESS, divergences
+    and the virial ratio over the group's own coordinates; ``sampled_weights`` names the
+    group's weights.
 
     >>> import torch
     >>> import slt_probe.groups
@@ -100,6 +101,8 @@ def estimate_llc_groups(
     )
     if args["kernel"] is None or args["factors"] != (1.0,) or args["precision"] is not None:
         raise ValueError("estimate_llc_groups runs one step size on the vmap backend")
+    if options.get("max_burnin") is not None:
+        raise ValueError("estimate_llc_groups runs a fixed burn-in: no max_burnin")
     posterior = LocalPosterior.build(
         model, loss_fn, data, **{**args["posterior"], "selection": union}
     )

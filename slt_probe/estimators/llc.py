@@ -22,9 +22,17 @@ import torch
 from torch import nn
 
 from slt_probe.estimators.arguments import BACKENDS, check_arguments
+from slt_probe.estimators.burnin import extend_burnin
 from slt_probe.estimators.devinterp_backend import estimate_llc_devinterp
 from slt_probe.estimators.posterior import LocalPosterior, default_nbeta
-from slt_probe.estimators.recipes import calibrate, sample, sample_until_precise, summarise
+from slt_probe.estimators.recipes import (
+    Sampled,
+    calibrate,
+    chain_llc,
+    sample,
+    sample_until_precise,
+    summarise,
+)
 from slt_probe.estimators.result import LLCResult
 
 __all__ = ["BACKENDS", "default_nbeta", "estimate_llc"]
@@ -57,6 +65,7 @@ def estimate_llc(
     target_rse: float | None = None,
     max_steps: int | None = None,
     params=None,
+    max_burnin: int | None = None,
 ) -> LLCResult:
     """Estimate λ̂ at the model's current parameters w* (see module docstring).
 
@@ -135,6 +144,14 @@ def estimate_llc(
         ``result.sampled_weights`` records what was sampled. The data-refined LLC is ``data``
         set to a subset (one class, a held-out split): L_n over it in the posterior and in λ̂.
         ``step_size="auto"`` calibrates on the curvature of the restricted potential.
+    max_burnin: the most burn-in steps per chain (default 4 × ``num_burnin``, at least
+        ``num_burnin + num_draws``; with ``target_rse`` at most ``max_steps − num_draws``).
+        While the draws still trend (the drift warning), every chain
+        continues by a third of ``num_draws`` and the burn-in grows by as much, so the window
+        of ``num_draws`` draws slides past the chains' relaxation from w*
+        (:mod:`slt_probe.estimators.burnin`); ``diagnostics.burnin`` records the burn-in used.
+        An estimate without that warning is unchanged by it. ``max_burnin=num_burnin``
+        switches it off. One step size on the vmap backend (not with ``extrapolate``).
 
     Example: λ̂ of the first layer of an MLP (an attention head's weights are selected alike,
     ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``).
@@ -179,10 +196,25 @@ def estimate_llc(
         accuracy=calibration.get("accuracy"),
     )
 
+    burnin: dict[str, Any] = {}
+    if len(sampled.runs) == 1 and args["max_burnin"] > budget.num_burnin:
+        eps, trace = sampled.last
+
+        def llc_of(trace, num_burnin):
+            return chain_llc(trace, posterior.init_loss, posterior.nbeta, num_burnin)[1:]
+
+        trace, budget, burnin = extend_burnin(
+            posterior, kernel, budget, eps, trace, args["max_burnin"], llc_of
+        )
+        if burnin["extensions"]:  # the chains moved on: where they ended is measured again
+            sampled = Sampled([(eps, trace)], sampled.step_size, sampled.retried)
+
     def summary(sampled, budget):
-        return summarise(
+        result = summarise(
             posterior, kernel, budget, sampled, calibration=calibration, started=started
         )
+        result.diagnostics.burnin = burnin
+        return result
 
     if args["precision"] is None:
         return summary(sampled, budget)

@@ -35,7 +35,8 @@ class Diagnostics:
 
     ``r_hat`` and ``ess`` are computed on the post-burn-in loss traces of the chains that did not
     diverge (split R-hat, Vehtari et al. 2021; ESS summed over chains). ``drift`` is, per chain,
-    (mean of the last third − mean of the first third) / (pooled standard deviation) of the trace.
+    nβ·(mean of the last third − mean of the first third) of the trace: how far the chain's λ̂
+    moves from the start to the end of its draws.
     ``diverged`` lists ``(chain, draw)`` for every chain excluded because its loss went non-finite
     or exploded; ``warnings`` are plain-language sentences for people. ``minibatch_noise``
     describes SGLD's minibatch-noise correction: whether it ran, the mean over coordinates of
@@ -53,6 +54,10 @@ class Diagnostics:
     blocks of chains on threads); for the devinterp backend, its optimizer and the arguments
     it was given. ``precision`` (with ``estimate_llc(target_rse=...)``): the target, the step
     budget, how many rounds of draws ran and whether the target was met (else what was missing).
+    ``burnin``: the burn-in ``requested`` and ``used`` (steps per chain), how many
+    ``extensions`` moved it while the draws still trended, the ceiling ``max`` and whether the
+    last window still ``trending`` (:mod:`slt_probe.estimators.burnin`); empty where no
+    extension was possible (several step sizes, the batched groups, the devinterp backend).
     """
 
     r_hat: float = float("nan")
@@ -67,6 +72,7 @@ class Diagnostics:
     virial: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
     precision: dict[str, Any] = field(default_factory=dict)
+    burnin: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_diverged(self) -> int:

@@ -40,7 +40,7 @@ GROUP_KEYS = (
 
 
 #: Options of the whole-model estimate that a batched group run does not take.
-_WHOLE_ONLY = ("extrapolate", "target_rse", "max_steps", "params", "backend")
+_WHOLE_ONLY = ("extrapolate", "target_rse", "max_steps", "max_burnin", "params", "backend")
 
 
 def check_groups(groups, data_groups) -> None:
