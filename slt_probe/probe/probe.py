@@ -68,7 +68,7 @@ LLC_FILE = "llc.jsonl"
 #: The columns of a probe row; metrics given to :meth:`LLCProbe.step` must not reuse them.
 ROW_KEYS = (
     "step", "llc_mean", "llc_std", "llc_stderr", "llc_per_chain", "two_llc", "step_size",
-    "nbeta", "localization", "num_chains", "num_draws", "compute_dtype",
+    "nbeta", "localization", "num_chains", "num_draws", "num_burnin", "compute_dtype",
     "minibatch_noise_fraction", "end_stiffness", "virial_ratio", "init_loss", "r_hat", "ess",
     "num_diverged", "warnings", "hessian_eff_dim", "hessian_eff_dim_stderr", "hessian_trace",
     "hessian_top_eigs", "hessian_scale", "hessian_z", "n_params", "weight_norm",
@@ -323,6 +323,8 @@ class LLCProbe:
             "localization": res.localization,
             "num_chains": res.num_chains,
             "num_draws": res.num_draws,
+            # the burn-in actually used: longer than asked where the first draws still trended
+            "num_burnin": res.num_burnin,
             "compute_dtype": res.compute_dtype,
             "minibatch_noise_fraction": d.minibatch_noise.get("mean_fraction"),
             "end_stiffness": d.end_curvature.get("stiffness"),
