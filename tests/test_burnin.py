@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from slt_probe import estimate_llc
+from slt_probe.estimators.burnin import trending
+from slt_probe.estimators.result import Diagnostics
 
 
 def _slow_regression(n: int = 1000, d: int = 4):
@@ -56,8 +58,26 @@ def test_the_ceiling_stops_the_extensions_and_the_warning_stays():
     # a third of 300 draws is 100 steps: one extension reaches the ceiling, no second one
     record = res.diagnostics.burnin
     assert (record["extensions"], record["used"], record["max"]) == (1, 100, 100)
-    warned = any(w.startswith("loss trace still") for w in res.diagnostics.warnings)
-    assert record["trending"] == warned
+    assert res.loss_trace.shape == (32, 300) and res.num_burnin == 100
+
+
+@pytest.mark.parametrize(
+    "drift, spread, expected",
+    [
+        (0.6, 0.1, True),  # 6 % of λ̂ = 10, far beyond its noise
+        (-0.6, 0.1, True),  # falling counts as much as rising
+        (0.4, 0.1, False),  # 4 %: below the 5 % a target_rse of 0.05 could tell
+        (0.6, 1.0, False),  # 6 %, but within three standard errors (0.5 · 3 = 1.5)
+    ],
+)
+def test_a_trend_is_five_percent_of_the_estimate_and_three_standard_errors(
+    drift, spread, expected
+):
+    llc = 10.0 + spread * np.array([-1.0, -1.0, 1.0, 1.0]) * np.sqrt(3.0) / 2
+    diagnostics = Diagnostics(drift=[drift] * 4)
+    assert trending(llc, diagnostics) is expected
+    # a chain that diverged (NaN) is left out; one chain alone cannot be judged
+    assert trending(np.array([10.0, np.nan, np.nan, np.nan]), diagnostics) is False
 
 
 def test_a_stationary_window_is_left_bit_for_bit_as_it_was():

@@ -13,11 +13,13 @@ the window, the one that trended, is discarded and a new third is drawn, so the 
 or the burn-in has reached ``max_burnin`` steps; an estimate whose trace still trends then keeps
 the drift warning of :func:`slt_probe.estimators.diagnostics.compute_diagnostics`.
 
-The window *trends* when the estimate's own drift warning would fire: the chains' mean drift
-nβ·(mean of the last third − mean of the first third) exceeds 10 % of λ̂, three standard errors
-of λ̂ and 0.05. An estimate without that warning is the same number, bit for bit, as without
-this rule. Split R-hat above 1.1 alone is not a trend: chains that mix slowly disagree however
-late their window starts, and more draws (``target_rse``), not a later window, answer that.
+The window *trends* when the chains' mean drift nβ·(mean of the last third − mean of the first
+third) exceeds 5 % of λ̂, three standard errors of λ̂ and 0.05: the drift warning of
+:func:`~slt_probe.estimators.diagnostics.compute_diagnostics` with 5 % of λ̂ in place of its 10 %,
+the precision ``target_rse=0.05`` asks for. A trend below that is one the estimate's precision
+cannot tell from noise, and such an estimate is the same number, bit for bit, as without this
+rule. Split R-hat above 1.1 alone is not a trend: chains that mix slowly disagree however late
+their window starts, and more draws (``target_rse``), not a later window, answer that.
 
 The extension costs at most ``max_burnin − num_burnin`` steps per chain. Each extension continues
 the chains (their kernel state, minibatch stream seeded per extension) rather than restarting
@@ -45,11 +47,20 @@ def default_max_burnin(num_burnin: int, num_draws: int) -> int:
     return max(MAX_BURNIN_FACTOR * num_burnin, num_burnin + num_draws)
 
 
+#: A window trends when its mean drift exceeds this fraction of λ̂ (and 3 standard errors).
+TREND_FRACTION = 0.05
+
+
 def trending(llc_per_chain: np.ndarray, diagnostics) -> bool:
-    """Whether a window's draws are still in the transient: they carry the drift warning ("loss
-    trace still …") and at least two chains are left to judge."""
-    drifts = any(w.startswith("loss trace still") for w in diagnostics.warnings)
-    return drifts and int(np.isfinite(llc_per_chain).sum()) >= 2
+    """Whether a window's draws are still in the transient (see module docstring); at least
+    two chains must be left to judge."""
+    used = np.isfinite(llc_per_chain)
+    if used.sum() < 2 or not diagnostics.drift:
+        return False
+    llc = np.asarray(llc_per_chain)[used]
+    drift = float(np.mean(np.asarray(diagnostics.drift)))
+    stderr = float(np.std(llc, ddof=1) / np.sqrt(len(llc)))
+    return abs(drift) > max(TREND_FRACTION * abs(float(np.mean(llc))), 3.0 * stderr, 0.05)
 
 
 def extend_burnin(
