@@ -70,9 +70,7 @@ def test_the_ceiling_stops_the_extensions_and_the_warning_stays():
         (0.6, 1.0, False),  # 6 %, but within three standard errors (0.5 · 3 = 1.5)
     ],
 )
-def test_a_trend_is_five_percent_of_the_estimate_and_three_standard_errors(
-    drift, spread, expected
-):
+def test_a_trend_is_five_percent_of_the_estimate_and_three_standard_errors(drift, spread, expected):
     llc = 10.0 + spread * np.array([-1.0, -1.0, 1.0, 1.0]) * np.sqrt(3.0) / 2
     diagnostics = Diagnostics(drift=[drift] * 4)
     assert trending(llc, diagnostics) is expected
@@ -115,6 +113,14 @@ def test_the_virial_records_come_from_the_window_only():
                 "max_burnin": 35,
             },
             "max_burnin + num_draws must be <= max_steps = 40, got 35 + 10",
+        ),
+        (  # target_rse's default budget: num_burnin + 8 × num_draws
+            {"num_burnin": 10, "num_draws": 10, "target_rse": 0.1, "max_burnin": 85},
+            "max_burnin + num_draws must be <= max_steps = 90, got 85 + 10",
+        ),
+        (
+            {"num_burnin": 10, "max_burnin": 20, "extrapolate": True},
+            "max_burnin extends one step size's chains: the vmap backend, no extrapolate",
         ),
     ],
 )

@@ -293,21 +293,23 @@ def check_arguments(args: dict[str, Any]) -> dict[str, Any]:
 def _max_burnin(args: dict[str, Any]) -> int:
     """The burn-in's ceiling (:mod:`slt_probe.estimators.burnin`): ``max_burnin``, or its
     default; with ``target_rse`` no more than ``max_steps`` leaves room for one window."""
-    burnin, draws = args["num_burnin"], args["num_draws"]
-    ceiling = args["max_burnin"]
+    burnin, draws, ceiling = args["num_burnin"], args["num_draws"], args["max_burnin"]
+    max_steps = None
+    if args["target_rse"] is not None:
+        max_steps = args["max_steps"] or burnin + 8 * draws
     if ceiling is None:
         ceiling = default_max_burnin(burnin, draws)
-        if args["target_rse"] is not None:
-            max_steps = args["max_steps"] or burnin + 8 * draws
-            ceiling = max(burnin, min(ceiling, max_steps - draws))
-    elif ceiling < burnin:
+        return int(ceiling if max_steps is None else max(burnin, min(ceiling, max_steps - draws)))
+    if ceiling < burnin:
         raise ValueError(f"max_burnin must be >= num_burnin = {burnin}, got {ceiling}")
-    elif args["target_rse"] is not None and args["max_steps"] is not None:
-        if ceiling + draws > args["max_steps"]:
-            raise ValueError(
-                f"max_burnin + num_draws must be <= max_steps = {args['max_steps']}, "
-                f"got {ceiling} + {draws}"
-            )
+    if ceiling > burnin and (args["backend"] != "vmap" or args["extrapolate"] not in (False, None)):
+        raise ValueError(
+            "max_burnin extends one step size's chains: the vmap backend, no extrapolate"
+        )
+    if max_steps is not None and ceiling + draws > max_steps:
+        raise ValueError(
+            f"max_burnin + num_draws must be <= max_steps = {max_steps}, got {ceiling} + {draws}"
+        )
     return int(ceiling)
 
 

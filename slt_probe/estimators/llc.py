@@ -151,8 +151,8 @@ def estimate_llc(
         ``num_draws`` and the burn-in grows by as much, so the window of ``num_draws`` draws
         slides past the chains' relaxation from w* (:mod:`slt_probe.estimators.burnin`);
         ``diagnostics.burnin`` records the burn-in used. An estimate that does not trend is
-        unchanged by it. ``max_burnin=num_burnin``
-        switches it off. One step size on the vmap backend (not with ``extrapolate``).
+        unchanged by it. ``max_burnin=num_burnin`` switches it off. One step size on the vmap
+        backend (not with ``extrapolate`` or ``backend="devinterp"``).
 
     Example: λ̂ of the first layer of an MLP (an attention head's weights are selected alike,
     ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``).
