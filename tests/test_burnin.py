@@ -74,8 +74,9 @@ def test_a_trend_is_five_percent_of_the_estimate_and_three_standard_errors(drift
     llc = 10.0 + spread * np.array([-1.0, -1.0, 1.0, 1.0]) * np.sqrt(3.0) / 2
     diagnostics = Diagnostics(drift=[drift] * 4)
     assert trending(llc, diagnostics) is expected
-    # a chain that diverged (NaN) is left out; one chain alone cannot be judged
-    assert trending(np.array([10.0, np.nan, np.nan, np.nan]), diagnostics) is False
+    # chains that diverged (NaN) are left out, and fewer than four cannot be judged
+    three = np.append(llc[:3], np.nan)
+    assert trending(three, Diagnostics(drift=[drift] * 3)) is False
 
 
 def test_a_stationary_window_is_left_bit_for_bit_as_it_was():

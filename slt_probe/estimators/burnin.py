@@ -13,7 +13,7 @@ the window, the one that trended, is discarded and a new third is drawn, so the 
 or the burn-in has reached ``max_burnin`` steps; an estimate whose trace still trends then keeps
 the drift warning of :func:`slt_probe.estimators.diagnostics.compute_diagnostics`.
 
-The window *trends* when the chains' mean drift nβ·(mean of the last third − mean of the first
+With at least four usable chains, the window *trends* when the chains' mean drift nβ·(mean of the last third − mean of the first
 third) exceeds 5 % of λ̂, three standard errors of λ̂ and 0.05: the drift warning of
 :func:`~slt_probe.estimators.diagnostics.compute_diagnostics` with 5 % of λ̂ in place of its 10 %,
 the precision ``target_rse=0.05`` asks for. A trend below that is one the estimate's precision
@@ -51,11 +51,16 @@ def default_max_burnin(num_burnin: int, num_draws: int) -> int:
 TREND_FRACTION = 0.05
 
 
+#: Fewest usable chains a trend is judged on, as split R-hat is in ``target_rse``'s rule: with
+#: two or three the standard error of λ̂ is itself too noisy to tell a trend from a slow wander.
+MIN_CHAINS = 4
+
+
 def trending(llc_per_chain: np.ndarray, diagnostics) -> bool:
-    """Whether a window's draws are still in the transient (see module docstring); at least
-    two chains must be left to judge."""
+    """Whether a window's draws are still in the transient (see module docstring); never with
+    fewer than :data:`MIN_CHAINS` usable chains."""
     used = np.isfinite(llc_per_chain)
-    if used.sum() < 2 or not diagnostics.drift:
+    if used.sum() < MIN_CHAINS or not diagnostics.drift:
         return False
     llc = np.asarray(llc_per_chain)[used]
     drift = float(np.mean(np.asarray(diagnostics.drift)))

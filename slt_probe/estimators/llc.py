@@ -146,8 +146,8 @@ def estimate_llc(
         ``step_size="auto"`` calibrates on the curvature of the restricted potential.
     max_burnin: the most burn-in steps per chain (default 4 × ``num_burnin``, at least
         ``num_burnin + num_draws``; with ``target_rse`` at most ``max_steps − num_draws``).
-        While the draws still trend (their mean drift from the first to the last third
-        exceeds 5 % of λ̂ and three standard errors), every chain continues by a third of
+        While the draws still trend (with ≥ 4 chains: their mean drift from the first to the
+        last third exceeds 5 % of λ̂ and three standard errors), every chain continues by a third of
         ``num_draws`` and the burn-in grows by as much, so the window of ``num_draws`` draws
         slides past the chains' relaxation from w* (:mod:`slt_probe.estimators.burnin`);
         ``diagnostics.burnin`` records the burn-in used. An estimate that does not trend is
