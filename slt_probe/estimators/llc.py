@@ -147,12 +147,13 @@ def estimate_llc(
     max_burnin: the most burn-in steps per chain (default 4 × ``num_burnin``, at least
         ``num_burnin + num_draws``; with ``target_rse`` at most ``max_steps − num_draws``).
         While the draws still trend (with ≥ 4 chains: their mean drift from the first to the
-        last third exceeds 5 % of λ̂ and three standard errors), every chain continues by a third of
-        ``num_draws`` and the burn-in grows by as much, so the window of ``num_draws`` draws
-        slides past the chains' relaxation from w* (:mod:`slt_probe.estimators.burnin`);
-        ``diagnostics.burnin`` records the burn-in used. An estimate that does not trend is
-        unchanged by it. ``max_burnin=num_burnin`` switches it off. One step size on the vmap
-        backend (not with ``extrapolate`` or ``backend="devinterp"``).
+        last third exceeds 5 % of λ̂ and three standard errors), every chain continues by a
+        third of ``num_draws`` and the burn-in grows by as much, so the window of
+        ``num_draws`` draws slides past the chains' relaxation from w*
+        (:mod:`slt_probe.estimators.burnin`); ``diagnostics.burnin`` records the burn-in
+        used. An estimate that does not trend is unchanged by it. ``max_burnin=num_burnin``
+        switches it off. One step size on the vmap backend (not with ``extrapolate`` or
+        ``backend="devinterp"``).
 
     Example: λ̂ of the first layer of an MLP (an attention head's weights are selected alike,
     ``params=slt_probe.groups.attention_heads(model)["attn.head0"]``).

@@ -123,7 +123,7 @@ def probe_history(rows=()):
 #: Numeric columns too technical for the notebook summary (still in the DataFrame).
 _SKIP = {
     "two_llc", "step_size", "nbeta", "localization", "num_chains", "num_draws", "num_burnin",
-    "init_loss",
-    "num_diverged", "n_params", "hessian_eff_dim_stderr", "hessian_trace", "hessian_scale",
-    "hessian_z", "minibatch_noise_fraction", "end_stiffness", "virial_ratio", "llc_std",
+    "init_loss", "num_diverged", "n_params", "hessian_eff_dim_stderr", "hessian_trace",
+    "hessian_scale", "hessian_z", "minibatch_noise_fraction", "end_stiffness", "virial_ratio",
+    "llc_std",
 }  # fmt: skip
