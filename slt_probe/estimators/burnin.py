@@ -32,8 +32,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from slt_probe.estimators.diagnostics import compute_diagnostics
 from slt_probe.estimators.posterior import VIRIAL_EVERY, Budget, LocalPosterior
+from slt_probe.estimators.recipes import read_window
 from slt_probe.sampling.driver import ChainTrace
 from slt_probe.sampling.kernel import Kernel
 
@@ -75,13 +75,11 @@ def extend_burnin(
     step_size: float,
     trace: ChainTrace,
     max_burnin: int,
-    llc_of,
 ) -> tuple[ChainTrace, Budget, dict]:
     """Slide the window of draws of ``trace`` (the main run of ``budget``) until it stops
     trending or the burn-in reaches ``max_burnin`` steps (see module docstring).
 
-    ``llc_of(trace, num_burnin) -> (excess [C, draws], λ̂ per chain)`` reads a window. Returns
-    the continued trace (its virial records cut to the window), the budget with the burn-in
+    Returns the continued trace (its virial records cut to the window), the budget with the burn-in
     actually used, and the record ``{"requested", "used", "max", "extensions", "trending"}``.
     """
     requested, extensions = budget.num_burnin, 0
@@ -89,14 +87,7 @@ def extend_burnin(
     # the step index of each virial record, so the records of discarded draws can be dropped
     recorded = list(range(budget.num_burnin, budget.num_steps, VIRIAL_EVERY))
     while True:
-        excess, llc = llc_of(trace, budget.num_burnin)
-        diagnostics = compute_diagnostics(
-            excess,
-            llc,
-            trace.diverged_at.numpy(),
-            nbeta=posterior.nbeta,
-            num_burnin=budget.num_burnin,
-        )
+        _, _, llc, diagnostics = read_window(posterior, trace, budget.num_burnin)
         still = trending(llc, diagnostics)
         if not still or budget.num_burnin + step > max_burnin:
             break

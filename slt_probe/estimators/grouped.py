@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from slt_probe.estimators.arguments import check_arguments
-from slt_probe.estimators.diagnostics import compute_diagnostics, virial_check
+from slt_probe.estimators.diagnostics import virial_check
 from slt_probe.estimators.llc import estimate_llc
 from slt_probe.estimators.posterior import LocalPosterior
-from slt_probe.estimators.recipes import calibrate, chain_llc
+from slt_probe.estimators.recipes import calibrate, read_window
 from slt_probe.estimators.result import LLCResult
 from slt_probe.estimators.selection import Selection, resolve_groups
 from slt_probe.sampling.driver import ChainTrace
@@ -127,10 +127,7 @@ def estimate_llc_groups(
 
 def _group_result(posterior, kernel, budget, trace, selection, step_size, wall):
     """The :class:`LLCResult` of one group's rows of the batched trace."""
-    losses, excess, llc = chain_llc(trace, posterior.init_loss, posterior.nbeta, budget.num_burnin)
-    diagnostics = compute_diagnostics(
-        excess, llc, trace.diverged_at.numpy(), nbeta=posterior.nbeta, num_burnin=budget.num_burnin
-    )
+    losses, _, llc, diagnostics = read_window(posterior, trace, budget.num_burnin)
     diagnostics.engine = dict(trace.engine)
     record = selection.record()
     if trace.virial_terms is not None:

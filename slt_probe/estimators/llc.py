@@ -28,7 +28,6 @@ from slt_probe.estimators.posterior import LocalPosterior, default_nbeta
 from slt_probe.estimators.recipes import (
     Sampled,
     calibrate,
-    chain_llc,
     sample,
     sample_until_precise,
     summarise,
@@ -201,12 +200,8 @@ def estimate_llc(
     burnin: dict[str, Any] = {}
     if len(sampled.runs) == 1 and args["max_burnin"] > budget.num_burnin:
         eps, trace = sampled.last
-
-        def llc_of(trace, num_burnin):
-            return chain_llc(trace, posterior.init_loss, posterior.nbeta, num_burnin)[1:]
-
         trace, budget, burnin = extend_burnin(
-            posterior, kernel, budget, eps, trace, args["max_burnin"], llc_of
+            posterior, kernel, budget, eps, trace, args["max_burnin"]
         )
         if burnin["extensions"]:  # the chains moved on: where they ended is measured again
             sampled = Sampled([(eps, trace)], sampled.step_size, sampled.retried)

@@ -154,6 +154,17 @@ def chain_llc(trace: ChainTrace, init_loss: float, nbeta: float, num_burnin: int
     return losses, excess, llc
 
 
+def read_window(posterior: LocalPosterior, trace: ChainTrace, num_burnin: int):
+    """The draws of ``trace`` after ``num_burnin``: :func:`chain_llc`'s losses, excess losses
+    and λ̂ per chain, and their trace diagnostics (R-hat, ESS, drift, divergences and their
+    warnings: :func:`compute_diagnostics`). What every recipe that judges a window reads."""
+    losses, excess, llc = chain_llc(trace, posterior.init_loss, posterior.nbeta, num_burnin)
+    diagnostics = compute_diagnostics(
+        excess, llc, trace.diverged_at.numpy(), nbeta=posterior.nbeta, num_burnin=num_burnin
+    )
+    return losses, excess, llc, diagnostics
+
+
 def extrapolate(sampled: Sampled, posterior: LocalPosterior, budget: Budget):
     """Per chain, fit λ̂(ε) = λ̂₀ + s·ε by least squares over the runs and keep λ̂₀ (the
     discretisation bias is ≈ linear in ε for small ε). Chains that diverged at any step size are
@@ -202,10 +213,8 @@ def summarise(
     step sizes), mean and spread over the chains that did not diverge, and the diagnostics of
     the last run (see :func:`diagnose`)."""
     eps_used, trace = sampled.last
-    losses, excess, llc_per_chain = chain_llc(
-        trace, posterior.init_loss, posterior.nbeta, budget.num_burnin
-    )
-    diagnostics = diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibration)
+    losses, _, llc_per_chain, diagnostics = read_window(posterior, trace, budget.num_burnin)
+    diagnose(posterior, kernel, sampled, diagnostics, calibration)
     extrapolation = None
     if len(sampled.runs) > 1:
         extrapolation, llc_per_chain = extrapolate(sampled, posterior, budget)
@@ -225,18 +234,11 @@ def summarise(
     )
 
 
-def diagnose(posterior, kernel, budget, sampled, excess, llc_per_chain, calibration: dict):
-    """R-hat, ESS, drift, divergence (:func:`compute_diagnostics`), then what this recipe adds:
-    the calibration and its retries, the minibatch-noise correction, the curvature where the
-    chains ended and the virial ratio, each with its warning."""
+def diagnose(posterior, kernel, sampled, diagnostics, calibration: dict):
+    """To the trace diagnostics of the last run's window (:func:`read_window`), in place, what
+    this recipe adds: the calibration and its retries, the minibatch-noise correction, the
+    curvature where the chains ended and the virial ratio, each with its warning."""
     eps, trace = sampled.last
-    diagnostics = compute_diagnostics(
-        excess,
-        llc_per_chain,
-        trace.diverged_at.numpy(),
-        nbeta=posterior.nbeta,
-        num_burnin=budget.num_burnin,
-    )
     diagnostics.calibration = _with_retries(calibration, sampled)
     diagnostics.minibatch_noise = minibatch_noise_report(posterior, kernel, eps)
     if diagnostics.minibatch_noise.get("clamped_coordinates"):
@@ -336,14 +338,7 @@ def sample_until_precise(
     rounds, steps, round_size = 1, budget.num_steps, budget.num_draws
     while True:
         eps, trace = sampled.last
-        _, excess, llc = chain_llc(trace, posterior.init_loss, posterior.nbeta, budget.num_burnin)
-        diagnostics = compute_diagnostics(
-            excess,
-            llc,
-            trace.diverged_at.numpy(),
-            nbeta=posterior.nbeta,
-            num_burnin=budget.num_burnin,
-        )
+        _, _, llc, diagnostics = read_window(posterior, trace, budget.num_burnin)
         missing = precision.unmet(llc, diagnostics)
         more = min(round_size, precision.max_steps - steps)
         if not missing or more <= 0:
