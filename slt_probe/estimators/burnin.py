@@ -79,8 +79,9 @@ def extend_burnin(
     """Slide the window of draws of ``trace`` (the main run of ``budget``) until it stops
     trending or the burn-in reaches ``max_burnin`` steps (see module docstring).
 
-    Returns the continued trace (its virial records cut to the window), the budget with the burn-in
-    actually used, and the record ``{"requested", "used", "max", "extensions", "trending"}``.
+    Returns the continued trace (its virial records cut to the window), the budget with the
+    burn-in actually used, and the record ``{"requested", "used", "max", "extensions",
+    "trending"}``.
     """
     requested, extensions = budget.num_burnin, 0
     step = max(budget.num_draws // 3, 1)
