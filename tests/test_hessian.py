@@ -1,5 +1,8 @@
 """Hessian tools on models whose spectrum is known exactly."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +10,14 @@ from torch import nn
 
 from slt_probe.geometry.hessian import (
     effective_dimension,
+    flat_hvp,
     hessian_summary,
     hutchinson_trace,
     hvp_operator,
     lanczos,
     top_eigenvalue,
 )
+from slt_probe.sampling.functional import FlatModel
 
 
 def half_sq(out, y):
@@ -95,3 +100,38 @@ def test_hessian_of_mse_module_loss():
     data = (torch.randn(64, 3), torch.randn(64, 2))
     s = hessian_summary(model, nn.MSELoss(), data, k=3, num_probes=3)
     assert len(s["hessian_top_eigs"]) == 3 and np.isfinite(s["hessian_trace"])
+
+
+def test_hvp_is_the_dense_hessian_times_v_and_zero_for_a_linear_loss():
+    """Double-backward products against torch.autograd.functional.hessian; a loss linear in
+    w has H = 0 (its gradient has no graph to differentiate again)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    flat = FlatModel(model, nn.MSELoss())
+    dense = torch.autograd.functional.hessian(lambda w: flat.loss(w, x, y), flat.w_star)
+    v = torch.randn(flat.dim, dtype=torch.float64)
+    got = flat_hvp(flat, x, y, flat.w_star)(v)
+    np.testing.assert_allclose(got.numpy(), (dense @ v).numpy(), rtol=1e-10, atol=1e-12)
+    linear = FlatModel(nn.Linear(3, 1, bias=False).double(), lambda out, t: out.mean())
+    zero = flat_hvp(linear, x, y, linear.w_star)(torch.ones(3, dtype=torch.float64))
+    assert torch.equal(zero, torch.zeros(3, dtype=torch.float64))
+
+
+def test_hessian_products_do_not_import_torch_dynamo():
+    """A process's first torch.func.grad imports torch._dynamo (seconds); the probe's Hessian
+    and curvature checks on a Linear stack use plain autograd and must not pay it."""
+    code = (
+        "import sys, torch; from torch import nn\n"
+        "from slt_probe.geometry.hessian import hessian_summary\n"
+        "from slt_probe.estimators.calibration import top_curvature\n"
+        "from slt_probe.sampling.functional import FlatModel\n"
+        "m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))\n"
+        "x, y = torch.randn(50, 3), torch.randn(50, 2)\n"
+        "hessian_summary(m, nn.MSELoss(), (x, y), k=2, num_probes=1)\n"
+        "f = FlatModel(m, nn.MSELoss())\n"
+        "top_curvature(f, x, y, f.w_star, iters=3)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,8 +1,10 @@
-"""Hessian geometry of the loss at a point from Hessian-vector products (torch.func).
+"""Hessian geometry of the loss at a point from Hessian-vector products (double backward).
 
 H = ∇²L(w) for the mean loss L over a dataset (or a fixed subset of it, to bound the cost).
-Nothing here forms H: every quantity is built from v ↦ Hv (reverse-over-reverse,
-``vjp(grad(L))``), which costs about two gradient evaluations.
+Nothing here forms H: every quantity is built from v ↦ Hv (reverse-over-reverse: the
+gradient's graph is kept and differentiated again), which costs about two gradient evaluations.
+Plain ``torch.autograd``, not ``torch.func``: the same products to the bit, without the
+``torch._dynamo`` import (seconds) that a process's first ``torch.func.grad`` call pays.
 
 - top eigenvalues: Lanczos with full reorthogonalisation (float64 recurrences);
 - trace: Hutchinson's estimator, mean of vᵀHv over Rademacher probes v;
@@ -17,7 +19,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.func import grad, vjp
 
 from slt_probe.sampling.data import as_tensors
 from slt_probe.sampling.functional import FlatModel
@@ -31,13 +32,34 @@ def flat_hvp(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, position: torch.
     Reverse-over-reverse: the gradient's graph is built once and each product is one more
     backward pass through it (H is symmetric, so vᵀH = (Hv)ᵀ). Forward-over-reverse (jvp of
     grad) would be cheaper per product but fails on some losses' backward formulas (MSELoss).
+    A loss whose gradient does not depend on w (linear in w) has H = 0.
     """
-    _, vjp_fn = vjp(grad(lambda w: flat.loss(w, x, y)), position)
+    w = position.detach().clone().requires_grad_(True)
+    g = _gradient(flat, x, y, w, create_graph=True)
 
     def op(v: torch.Tensor) -> torch.Tensor:
-        return vjp_fn(v.to(position.dtype))[0]
+        if not g.requires_grad:
+            return torch.zeros_like(w)
+        with torch.enable_grad():
+            (hv,) = torch.autograd.grad(
+                g, w, v.to(position.dtype), retain_graph=True, allow_unused=True
+            )
+        return torch.zeros_like(w) if hv is None else hv
 
     return op
+
+
+def _gradient(flat: FlatModel, x, y, w: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """∇L at w (zeros where L does not depend on w); with ``create_graph`` it stays
+    differentiable in ``w``, which must then be a leaf that requires grad."""
+    if not w.requires_grad:
+        w = w.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = flat.loss(w, x, y)
+        if not loss.requires_grad:
+            return torch.zeros_like(w)
+        (g,) = torch.autograd.grad(loss, w, create_graph=create_graph, allow_unused=True)
+    return torch.zeros_like(w) if g is None else g
 
 
 def finite_difference_hvp(
@@ -48,13 +70,12 @@ def finite_difference_hvp(
 
     The fallback where the second-order autograd product is not finite although the gradient is
     (a power w⁰ at w = 0 has a NaN second derivative in torch's formulas)."""
-    grad_fn = grad(lambda w: flat.loss(w, x, y))
     w = position.detach()
     h = 1e-3 * (1.0 + float(w.norm()) / max(w.numel(), 1) ** 0.5)
 
     def op(v: torch.Tensor) -> torch.Tensor:
         v = v.to(w.dtype)
-        return (grad_fn(w + h * v) - grad_fn(w - h * v)) / (2 * h)
+        return (_gradient(flat, x, y, w + h * v) - _gradient(flat, x, y, w - h * v)) / (2 * h)
 
     return op
 
