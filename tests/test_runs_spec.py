@@ -43,7 +43,7 @@ def test_grokking_specs_probe_until_trustworthy(name):
     assert probe["max_steps"] >= probe["num_burnin"] + 4 * probe["num_draws"]
     if probe["step_size"] == "auto":
         # ε·a_max = accuracy at w*, and the pilots shrink ε where the chains meet stiffer
-        # curvature: every point starts below the stiffness warning's ε·a = 1
+        # curvature: no point starts above the stiffness warning's ε·a = 1
         assert 0.0 < probe["accuracy"] <= 1.0
     else:  # one discretisation bias across the run
         assert isinstance(probe["step_size"], float)
