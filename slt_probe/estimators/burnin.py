@@ -13,8 +13,9 @@ the window, the one that trended, is discarded and a new third is drawn, so the 
 or the burn-in has reached ``max_burnin`` steps; an estimate whose trace still trends then keeps
 the drift warning of :func:`slt_probe.estimators.diagnostics.compute_diagnostics`.
 
-With at least four usable chains, the window *trends* when the chains' mean drift nβ·(mean of the last third − mean of the first
-third) exceeds 5 % of λ̂, three standard errors of λ̂ and 0.05: the drift warning of
+With at least four usable chains, the window *trends* when the chains' mean drift
+nβ·(mean of the last third − mean of the first third) exceeds 5 % of λ̂, three standard errors
+of λ̂ and 0.05: the drift warning of
 :func:`~slt_probe.estimators.diagnostics.compute_diagnostics` with 5 % of λ̂ in place of its 10 %,
 the precision ``target_rse=0.05`` asks for. A trend below that is one the estimate's precision
 cannot tell from noise, and such an estimate is the same number, bit for bit, as without this
