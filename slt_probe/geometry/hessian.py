@@ -34,12 +34,13 @@ def flat_hvp(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, position: torch.
     grad) would be cheaper per product but fails on some losses' backward formulas (MSELoss).
     A loss whose gradient does not depend on w (linear in w) has H = 0.
     """
+    # a copy: the graph kept for every product must not see the caller move ``position`` on
     w = position.detach().clone().requires_grad_(True)
     g = _gradient(flat, x, y, w, create_graph=True)
+    if not g.requires_grad:  # L linear in w
+        return lambda v: torch.zeros_like(w)
 
     def op(v: torch.Tensor) -> torch.Tensor:
-        if not g.requires_grad:
-            return torch.zeros_like(w)
         with torch.enable_grad():
             (hv,) = torch.autograd.grad(
                 g, w, v.to(position.dtype), retain_graph=True, allow_unused=True
