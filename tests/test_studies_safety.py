@@ -6,9 +6,11 @@ Every study here runs in-process on the synthetic runner and an SQLite or journa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -34,6 +36,7 @@ from slt_probe.studies.spec import resolve_model_spec
 from slt_probe.studies.storage import HEARTBEAT_ATTR, STORAGE_ENV
 from slt_probe.studies.study import _create_or_load
 from slt_probe.studies.synthetic import synthetic_run
+from slt_probe.studies.trials import instance_id
 
 SYNTH = "slt_probe.studies.synthetic:synthetic_run"
 SECRET_URL = "postgresql://user:s3cret@host/db"
@@ -325,6 +328,53 @@ def test_an_instance_id_from_the_storage_must_be_a_safe_name(tmp_path):
     study.set_user_attr("instance", "../../etc")
     with pytest.raises(ValueError, match="study user attribute 'instance'"):
         open_study(spec, out_dir=tmp_path)
+
+
+def test_workers_opening_one_study_at_once_share_one_instance_id(tmp_path):
+    """Seen in CI under load: every worker checked for the id and wrote its own when missing, so
+    a trial ran under an id that a later write replaced. Only the creator writes it now."""
+    spec = parse_study_spec(raw_spec())
+    url = str(tmp_path / "s.journal")
+    gate = threading.Barrier(6)
+
+    def opener(_):
+        gate.wait()
+        return instance_id(open_study(spec, out_dir=tmp_path, storage=url))
+
+    with ThreadPoolExecutor(6) as pool:
+        seen = list(pool.map(opener, range(6)))
+    assert (
+        len(set(seen)) == 1
+        and seen[0]
+        == optuna.load_study(study_name="safe", storage=open_storage(url)).user_attrs["instance"]
+    )
+
+
+def test_a_worker_that_loads_a_new_study_waits_for_the_creators_id(tmp_path):
+    spec = parse_study_spec(raw_spec())
+    backend = open_storage(str(tmp_path / "s.journal"))
+    made = optuna.create_study(study_name="safe", storage=backend, direction="maximize")
+    late = threading.Timer(0.5, made.set_user_attr, ("instance", "c0ffee"))
+    late.start()
+    try:
+        study = open_study(spec, out_dir=tmp_path, storage=str(tmp_path / "s.journal"))
+        seen = instance_id(study)  # read before the timer could fire on its own
+    finally:
+        late.join()
+    assert seen == "c0ffee"
+
+
+def test_a_study_from_before_instance_ids_gets_one_at_once(tmp_path, caplog):
+    spec = parse_study_spec(raw_spec())
+    url = str(tmp_path / "s.journal")
+    old = optuna.create_study(study_name="safe", storage=open_storage(url), direction="maximize")
+    old.set_user_attr("spec", spec.to_dict())
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        study = open_study(spec, out_dir=tmp_path, storage=url)
+    assert time.monotonic() - start < 10  # no wait for a creator: the attributes show it is old
+    assert len(instance_id(study)) == 12
+    assert "has no instance id; recording one" in caplog.text
 
 
 # ---------------------------------------------------------------- the real runner

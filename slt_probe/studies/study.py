@@ -106,26 +106,52 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     )
 
 
-def _create_or_load(spec: StudySpec, backend, url: str, worker_index: int) -> optuna.Study:
+def _create_or_load(
+    spec: StudySpec, backend, url: str, worker_index: int
+) -> tuple[optuna.Study, bool]:
+    """The study and whether this call created it. Creation is the storage's atomic step: of
+    workers starting together exactly one creates, the others get ``DuplicatedStudyError`` and
+    load."""
     kwargs = dict(
         study_name=spec.name,
         storage=backend,
         sampler=make_sampler(spec, worker_index),
         pruner=make_pruner(spec),
-        load_if_exists=True,
     )
-    if spec.multi_objective:
-        kwargs["directions"] = spec.directions
-    else:
-        kwargs["direction"] = spec.directions[0]
-    study = optuna.create_study(**kwargs)
+    created = True
+    try:
+        if spec.multi_objective:
+            study = optuna.create_study(directions=spec.directions, **kwargs)
+        else:
+            study = optuna.create_study(direction=spec.directions[0], **kwargs)
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+        study = optuna.load_study(**kwargs)
     stored = [d.name.lower() for d in study.directions]
     if stored != spec.directions:
         raise ValueError(
             f"study {spec.name!r} in {redact_url(url)} optimises {stored}, the spec "
             f"{spec.directions}: use another name or storage"
         )
-    return study
+    return study, created
+
+
+def _await_instance(study: optuna.Study, wait_s: float) -> None:
+    """Wait for the creator of a just-made study to record its instance id; write one only when
+    none comes (the creator died in between, or the study predates instance ids).
+
+    The creator writes the id before any other attribute, so a study with other attributes or
+    trials but no id is an old one and gets its id at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        attrs = study.user_attrs
+        if INSTANCE_ATTR in attrs:
+            return
+        if attrs or study.get_trials(deepcopy=False) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    log.warning("study %r has no instance id; recording one", study.study_name)
+    study.set_user_attr(INSTANCE_ATTR, new_instance_id())
 
 
 def open_study(
@@ -141,9 +167,9 @@ def open_study(
 
     ``n_trials`` (if given) replaces the stored budget, e.g. to extend a finished study. The call
     that gives a study its instance id warns once about trial folders of other studies of the
-    same name in ``<out_dir>/trials``. Two workers creating one study at the same instant may each
-    write an id; the last write wins and every later trial uses it (trial numbers stay unique, so
-    no directory is shared either way).
+    same name in ``<out_dir>/trials``. Only the worker whose call created the study writes the
+    id; workers starting at the same instant wait for it, so every trial of the study lives under
+    one id (a check-then-set in every worker let two ids race, and a trial ran under the loser).
     """
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     url = storage or default_storage_url(out_dir)
@@ -153,17 +179,19 @@ def open_study(
         grace_period=spec.grace_period,
         max_retry=spec.max_retry,
     )
-    study = _create_or_load(spec, backend, url, worker_index)
+    study, created = _create_or_load(spec, backend, url, worker_index)
+    if created:
+        instance = new_instance_id()
+        study.set_user_attr(INSTANCE_ATTR, instance)  # first: loaders wait for it
+        warn_foreign_instances(out_dir, instance)
+    else:
+        _await_instance(study, wait_s=30.0)
     attrs = study.user_attrs
     if n_trials is not None or BUDGET_ATTR not in attrs:
         study.set_user_attr(BUDGET_ATTR, int(n_trials or spec.n_trials))
     if "spec" not in attrs:
         study.set_user_attr("spec", spec.to_dict())
         study.set_user_attr("out_dir", str(out_dir.resolve()))
-    if INSTANCE_ATTR not in attrs:
-        instance = new_instance_id()
-        study.set_user_attr(INSTANCE_ATTR, instance)
-        warn_foreign_instances(out_dir, instance)
     instance_id(study)  # a bad id from the storage fails here, before any trial
     return study
 
