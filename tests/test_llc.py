@@ -247,6 +247,26 @@ def test_end_curvature_measures_the_step_against_the_curvature_the_chains_reache
     assert any("too coarse" in w for w in stiff.diagnostics.warnings)
 
 
+def test_end_curvature_sees_the_examples_the_calibration_sees():
+    """A feature present in 2 % of 1,000 examples holds the top curvature: a check on a 256-example
+    sample (the old rule) read it anywhere from 0 to twice its value; the end check now measures
+    on the calibration's examples (all of them up to 2,048) and reads it exactly."""
+    n = 1000
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 3, generator=g)
+    x[:, 2] = 0.0
+    x[torch.randperm(n, generator=g)[:20], 2] = 10.0
+    y = x @ torch.tensor([[0.5], [-1.0], [0.2]]) + torch.randn(n, 1, generator=g)
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    a = default_nbeta(n) * float(torch.linalg.eigvalsh(x.double().T @ x.double() / n)[-1]) + 1.0
+    res = estimate_llc(
+        model, half_sq, (x, y), sampler="sgld", num_draws=100, num_burnin=100, seed=0
+    )
+    assert 0.98 * a <= res.diagnostics.end_curvature["curvature"] <= 1.001 * a
+
+
 def test_virial_ratio_is_one_at_equilibrium_and_measures_heating():
     # E[(w − w*)·∇U] = d for any target ∝ exp(−U); for this quadratic loss nβ·(L − L*) is also
     # half of nβ·(w − w*)·∇L, so λ̂ / (d/2) and the virial ratio read the same heating.

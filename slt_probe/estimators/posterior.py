@@ -226,10 +226,16 @@ class LocalPosterior:
         return rows[0] if rows.shape[0] == 1 else rows[alive][index]
 
     def end_curvature(self, kernel: Kernel, trace: ChainTrace, step_size: float) -> dict:
-        """Where the chains ended: the top curvature a of U at the chain furthest from w* (power
-        iteration on 256 examples), that chain's distance from w*, and the kernel's stiffness
-        there (ε·a for SGLD). Long chains at a singular w* drift along its flat directions into
-        stiffer regions than the step size was calibrated for."""
+        """Where the chains ended: the top curvature a of U at the chain furthest from w* (12
+        power iterations on the examples the calibration measures, at most 2,048), that chain's
+        distance from w*, and the kernel's stiffness there (ε·a for SGLD). Long chains at a
+        singular w* drift along its flat directions into stiffer regions than the step size was
+        calibrated for.
+
+        The same examples as the calibration's, not a smaller sample: the top eigenvalue of a
+        Hessian averaged over a few hundred examples scatters widely on large networks and misses
+        curvature that few examples carry (docs/benchmarks/notes.md), and this number decides a
+        rerun at a smaller ε."""
         alive = (trace.diverged_at < 0).to(trace.final_position.device)
         if not alive.any():
             return {}
@@ -243,7 +249,6 @@ class LocalPosterior:
             positions[far],
             iters=12,
             generator=torch.Generator().manual_seed(self.seed + 3),
-            max_examples=256,
             mask=self._mask_row(alive, far),
         )
         a = self.nbeta * h + self.localization
