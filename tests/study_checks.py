@@ -9,6 +9,7 @@ storage.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -32,6 +33,19 @@ def start_worker(spec_path: Path, out: Path, index: int, storage: str | None = N
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+
+
+def kill_in_trial(proc: subprocess.Popen, storage, trial: optuna.trial.FrozenTrial) -> bool:
+    """SIGKILL worker ``proc`` while ``trial`` is still RUNNING, else leave it be; return whether
+    it was killed. The worker is frozen (SIGSTOP) while the storage is asked, so the trial cannot
+    end between the check and the kill: seen under CI load, a trial read RUNNING at its third
+    of six evaluations was pruned before a plain kill landed, and the kill hit the next one."""
+    proc.send_signal(signal.SIGSTOP)
+    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        proc.send_signal(signal.SIGKILL)
+        return True
+    proc.send_signal(signal.SIGCONT)
+    return False
 
 
 def steps_of(run_dir: str | Path) -> list[int]:

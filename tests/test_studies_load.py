@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from pg_server import postgres_server
-from study_checks import check_nothing_lost, start_worker, steps_of
+from study_checks import check_nothing_lost, kill_in_trial, start_worker, steps_of
 
 from slt_probe.studies import STORAGE_ENV, open_storage
 
@@ -101,8 +100,7 @@ def test_forty_trials_four_workers_one_killed_on_postgres(postgres_url, tmp_path
             time.sleep(0.2)
             trial, done = _victim_trial(storage, victim.pid)
             if trial is not None and done >= N_TRIALS // 3:  # mid-way through the study
-                victim.send_signal(signal.SIGKILL)
-                killed = trial
+                killed = trial if kill_in_trial(victim, storage, trial) else None
         assert killed is not None, "the victim worker never ran a trial mid-way"
         victim.wait(timeout=30)
         outputs = []

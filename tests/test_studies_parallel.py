@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from pg_server import postgres_server
-from study_checks import check_nothing_lost, start_worker, steps_of
+from study_checks import check_nothing_lost, kill_in_trial, start_worker, steps_of
 
 from slt_probe.files import read_jsonl
 from slt_probe.studies import open_storage, parse_study_spec, run_study
@@ -144,9 +144,10 @@ def _kill_worker_mid_trial(tmp_path: Path, storage: str, name: str) -> None:
                     run_dir = Path(t.user_attrs.get("run_dir", "/nonexistent"))
                     metrics = run_dir / "metrics.jsonl"
                     if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-                        victim_trial = t
+                        if kill_in_trial(victim, study._storage, t):
+                            victim_trial = t
+                            break
         assert victim_trial is not None, "the victim worker never ran a trial"
-        victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         out_text, _ = survivor.communicate(timeout=180)
         assert survivor.returncode == 0, out_text.decode()[-3000:]
