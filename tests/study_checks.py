@@ -38,8 +38,10 @@ def start_worker(spec_path: Path, out: Path, index: int, storage: str | None = N
 def kill_in_trial(proc: subprocess.Popen, storage, trial: optuna.trial.FrozenTrial) -> bool:
     """SIGKILL worker ``proc`` while ``trial`` is still RUNNING, else leave it be; return whether
     it was killed. The worker is frozen (SIGSTOP) while the storage is asked, so the trial cannot
-    end between the check and the kill: seen under CI load, a trial read RUNNING at its third
-    of six evaluations was pruned before a plain kill landed, and the kill hit the next one."""
+    end between the check and the kill. A CI run under load found no dead trial of the victim
+    after a plain kill; the likely course: the trial read RUNNING at its third of six
+    evaluations was pruned there before the kill landed, and the kill hit the worker between
+    trials."""
     proc.send_signal(signal.SIGSTOP)
     if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
         proc.send_signal(signal.SIGKILL)
