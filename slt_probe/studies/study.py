@@ -118,15 +118,14 @@ def _create_or_load(
         sampler=make_sampler(spec, worker_index),
         pruner=make_pruner(spec),
     )
-    created = True
+    if spec.multi_objective:
+        directions = {"directions": spec.directions}
+    else:
+        directions = {"direction": spec.directions[0]}
     try:
-        if spec.multi_objective:
-            study = optuna.create_study(directions=spec.directions, **kwargs)
-        else:
-            study = optuna.create_study(direction=spec.directions[0], **kwargs)
+        study, created = optuna.create_study(**kwargs, **directions), True
     except optuna.exceptions.DuplicatedStudyError:
-        created = False
-        study = optuna.load_study(**kwargs)
+        study, created = optuna.load_study(**kwargs), False
     stored = [d.name.lower() for d in study.directions]
     if stored != spec.directions:
         raise ValueError(
@@ -136,9 +135,10 @@ def _create_or_load(
     return study, created
 
 
-def _await_instance(study: optuna.Study, wait_s: float) -> None:
-    """Wait for the creator of a just-made study to record its instance id; write one only when
-    none comes (the creator died in between, or the study predates instance ids).
+def _await_instance(study: optuna.Study, wait_s: float) -> str | None:
+    """Wait for the creator of a just-made study to record its instance id (``None``: it did);
+    a new id for the caller to record when none comes (the creator died in between, or the
+    study predates instance ids).
 
     The creator writes the id before any other attribute, so a study with other attributes or
     trials but no id is an old one and gets its id at once."""
@@ -146,12 +146,12 @@ def _await_instance(study: optuna.Study, wait_s: float) -> None:
     while True:
         attrs = study.user_attrs
         if INSTANCE_ATTR in attrs:
-            return
+            return None
         if attrs or study.get_trials(deepcopy=False) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     log.warning("study %r has no instance id; recording one", study.study_name)
-    study.set_user_attr(INSTANCE_ATTR, new_instance_id())
+    return new_instance_id()
 
 
 def open_study(
@@ -180,12 +180,10 @@ def open_study(
         max_retry=spec.max_retry,
     )
     study, created = _create_or_load(spec, backend, url, worker_index)
-    if created:
-        instance = new_instance_id()
-        study.set_user_attr(INSTANCE_ATTR, instance)  # first: loaders wait for it
+    instance = new_instance_id() if created else _await_instance(study, wait_s=30.0)
+    if instance is not None:
+        study.set_user_attr(INSTANCE_ATTR, instance)  # a creator's first write: loaders wait for it
         warn_foreign_instances(out_dir, instance)
-    else:
-        _await_instance(study, wait_s=30.0)
     attrs = study.user_attrs
     if n_trials is not None or BUDGET_ATTR not in attrs:
         study.set_user_attr(BUDGET_ATTR, int(n_trials or spec.n_trials))
